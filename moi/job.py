@@ -1,0 +1,261 @@
+"""Submit functions and commands as moi jobs, and cancel them.
+
+``submit`` writes the job's info object (``Queued``) under its parent group,
+then hands the function to the context's load-balanced view wrapped by
+:func:`moi.engine.run_job`, which records everything else.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import textwrap
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import ipyparallel as ipp
+
+from moi import ctxs, keys, runtime
+from moi.context import Context, resolve
+from moi.engine import JobSpec, run_job
+from moi.errors import MoiError
+from moi.group import create_info
+from moi.status import Status, is_terminal
+from moi.store import now
+
+__all__ = ["submit", "submit_nouser", "system_call", "python_call", "cancel", "wait", "ctxs"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ctx_default":
+        return runtime.settings().default_context
+    raise AttributeError(name)
+
+
+def submit(
+    ctx: Context | str | None,
+    parent_id: str,
+    name: str,
+    url: str | None,
+    func: Callable[..., Any],
+    *args: Any,
+    **kwargs: Any,
+) -> tuple[str, str, ipp.AsyncResult]:
+    """Run ``func(*args, **kwargs)`` on the cluster as a job under ``parent_id``.
+
+    Parameters
+    ----------
+    ctx : Context or str
+        Context (or its name) to run on; ``None`` for the default.
+    parent_id : str
+        Group the job belongs to (a user's group id, say); created as an
+        ``unnamed`` group if it does not exist.
+    name : str
+        Human readable job name.
+    url : str or None
+        Where the job's result can be seen, shown as a link by the panel.
+    func : callable
+        The work.  It must accept ``**kwargs``: moi passes
+        ``moi_update_status`` (call it with a status text),
+        ``moi_context`` and ``moi_parent_id``.
+    *args, **kwargs
+        Passed on to ``func``.
+
+    Returns
+    -------
+    (job_id, parent_id, AsyncResult)
+        ``AsyncResult`` is ipyparallel's; its value is ``func``'s return value.
+
+    Raises
+    ------
+    UnknownContextError, ClusterUnavailableError
+        Before anything is written.
+    """
+    context = resolve(ctx)
+    bv = context.bv  # connect before writing anything
+    store = runtime.store()
+    info = create_info(name, "job", url=url, parent=parent_id, context=context.name)
+    parent = create_info("unnamed", "group", id=parent_id)
+    store.create(info, parent_if_missing=parent)
+    spec = JobSpec(
+        id=info["id"],
+        redis_url=runtime.redis_url(),
+        key_timeout=store.key_timeout,
+        context=context.name,
+        parent=parent_id,
+    )
+    try:
+        ar = bv.apply_async(run_job, spec, func, *args, **kwargs)
+    except Exception as exc:
+        _fail(info["id"], exc)
+        raise
+    ar.add_done_callback(lambda done: _settle(info["id"], done))
+    return info["id"], parent_id, ar
+
+
+def _fail(job_id: str, exc: BaseException, lines: list[str] | None = None) -> None:
+    fields = {
+        "status": Status.FAILED.value,
+        "date_end": now(),
+        "result": lines or traceback.format_exception(exc),
+    }
+    runtime.store().update(job_id, fields, guard="live", lease=("remove", 0))
+
+
+def _settle(job_id: str, ar: ipp.AsyncResult) -> None:
+    """Fail a job the engine could not record: engine died, dependency failed, aborted."""
+    exc = ar.exception()
+    if exc is None:
+        return
+    lines = [f"{type(exc).__name__}: {exc}\n"]
+    if isinstance(exc, ipp.error.RemoteError):
+        lines = [f"{exc.ename}: {exc.evalue}\n"]
+    try:
+        _fail(job_id, exc, lines)
+    except Exception:  # the submitter is shutting down; the watchdog will settle it
+        pass
+
+
+def submit_nouser(
+    func: Callable[..., Any], *args: Any, **kwargs: Any
+) -> tuple[str, str, ipp.AsyncResult]:
+    """Submit ``func`` in the default context under the ``no-user`` group.
+
+    Returns
+    -------
+    (job_id, parent_id, AsyncResult)
+    """
+    return submit(None, "no-user", "unnamed", None, func, *args, **kwargs)
+
+
+def system_call(cmd: str, **kwargs: Any) -> tuple[str, str, int]:
+    """Run shell command ``cmd``; return ``(stdout, stderr, returncode)``.
+
+    Raises
+    ------
+    ValueError
+        When the command exits non-zero, with its output in the message.
+    """
+    proc = subprocess.Popen(
+        cmd,
+        shell=True,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate()
+    except BaseException:  # a cancel interrupts us: take the command down too
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    if proc.returncode != 0:
+        raise ValueError(f"Failed to execute: {cmd}\nstdout: {stdout}\nstderr: {stderr}")
+    return stdout, stderr, proc.returncode
+
+
+def python_source(cmd: str) -> str:
+    """The function that runs ``cmd`` as its body (so ``return`` sets the result)."""
+    return "def _moi_cmd():\n" + textwrap.indent(cmd, "    ") + "\n"
+
+
+def check_python(cmd: str) -> None:
+    """Raise :class:`MoiError` when ``cmd`` does not compile as a function body."""
+    try:
+        compile(python_source(cmd), "<moi-cmd>", "exec")
+    except SyntaxError as exc:
+        raise MoiError(
+            f"the Python command does not compile: {exc.msg} (line {exc.lineno})"
+        ) from None
+
+
+def python_call(cmd: str, **kwargs: Any) -> Any:
+    """Run Python source ``cmd`` as a function body; return what it returns.
+
+    ``moi_update_status`` is available to the code as a name.
+    """
+    namespace: dict[str, Any] = {"moi_update_status": kwargs.get("moi_update_status")}
+    exec(compile(python_source(cmd), "<moi-cmd>", "exec"), namespace)
+    return namespace["_moi_cmd"]()
+
+
+def cancel(job_id: str) -> str:
+    """Cancel a job: a queued one never runs, a running one is interrupted.
+
+    Returns
+    -------
+    str
+        ``'cancelled'`` (it was queued and is now ``Cancelled``) or
+        ``'requested'`` (its engine is interrupting it; it ends ``Cancelled``).
+
+    Raises
+    ------
+    UnknownIdError
+        When ``job_id`` names no job.
+    MoiError
+        When the job has already finished, or the id is a group's.
+    """
+    store = runtime.store()
+    info = store.require(job_id)
+    if info.get("type") != "job":
+        raise MoiError(f"{job_id} is a group, not a job; cancel its jobs one by one")
+    outcome = store.cancel(job_id, "Cancelled before it started")
+    if outcome.startswith("finished:"):
+        raise MoiError(f"job {job_id} has already finished ({outcome.split(':', 1)[1]})")
+    return outcome
+
+
+def result_text(info: dict[str, Any]) -> str:
+    """The ``result`` field as the CLI prints it (a traceback list is joined)."""
+    result = info.get("result")
+    if info.get("status") in (Status.FAILED, Status.CANCELLED) and isinstance(result, list):
+        return "".join(str(line) for line in result)
+    return str(result)
+
+
+def is_done(info: dict[str, Any]) -> bool:
+    """Whether a job's info says it has ended."""
+    return is_terminal(info.get("status"))
+
+
+def wait(
+    job_id: str,
+    timeout: float | None = None,
+    on_change: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Block until job ``job_id`` ends; return its final info object.
+
+    Parameters
+    ----------
+    job_id : str
+    timeout : float, optional
+        Seconds to wait at most (forever when omitted).
+    on_change : callable, optional
+        Called with the info object each time its status changes.
+
+    Raises
+    ------
+    UnknownIdError
+        When the job does not exist.
+    TimeoutError
+        When ``timeout`` passes first.
+    """
+    store = runtime.store()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with runtime.redis_client().pubsub(ignore_subscribe_messages=True) as sub:
+        sub.subscribe(keys.pubsub(job_id))
+        last = None
+        while True:
+            info = store.require(job_id)
+            if on_change is not None and info.get("status") != last:
+                on_change(info)
+            last = info.get("status")
+            if is_done(info):
+                return info
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} is still {last} after {timeout} s")
+            sub.get_message(timeout=1.0)

@@ -1,0 +1,212 @@
+"""Lua scripts that make each read-modify-write-publish one atomic Redis step.
+
+Info objects are merged field by field *as raw JSON text*: Redis's cjson
+would round floats to 14 digits and turn ``[]`` into ``{}`` if it re-encoded
+a stored object, so the scripts split the stored object into its top-level
+fields and splice new raw values in, leaving every other byte as it was.
+"""
+
+from moi import keys
+from moi.status import TERMINAL, Status
+
+_TERMINAL_TABLE = ", ".join(f"[{s.value!r}] = true" for s in TERMINAL)
+
+# Shared helpers: split a JSON object into ordered (key, raw value) fields.
+_PRELUDE = """
+local TERMINAL = {__TERMINAL__}
+local QUEUED = '__QUEUED__'
+
+local function string_end(s, p)
+  local i = p + 1
+  while true do
+    local c = string.find(s, '["\\\\]', i)
+    if string.byte(s, c) == 92 then i = c + 2 else return c end
+  end
+end
+
+local function split_object(s)
+  local fields, index = {}, {}
+  local i = string.find(s, '{', 1, true) + 1
+  while true do
+    local q = string.find(s, '["}]', i)
+    if not q or string.byte(s, q) == 125 then return fields, index end
+    local qe = string_end(s, q)
+    local key = cjson.decode(string.sub(s, q, qe))
+    local vs = string.find(s, ':', qe + 1, true) + 1
+    local depth, p = 0, vs
+    while true do
+      local c = string.find(s, '[%[%]{}",]', p)
+      local b = string.byte(s, c)
+      if b == 34 then
+        p = string_end(s, c) + 1
+      elseif depth == 0 and (b == 44 or b == 125) then
+        fields[#fields + 1] = {key, string.match(string.sub(s, vs, c - 1), '^%s*(.-)%s*$')}
+        index[key] = #fields
+        if b == 125 then return fields, index end
+        i = c + 1
+        break
+      elseif b == 91 or b == 123 then
+        depth = depth + 1; p = c + 1
+      elseif b == 93 or b == 125 then
+        depth = depth - 1; p = c + 1
+      else
+        p = c + 1
+      end
+    end
+  end
+end
+
+local function field_value(fields, index, name)
+  local n = index[name]
+  if not n then return '' end
+  local v = cjson.decode(fields[n][2])
+  if type(v) ~= 'string' then return '' end
+  return v
+end
+
+local function join(fields)
+  local out = {}
+  for n, f in ipairs(fields) do out[n] = cjson.encode(f[1]) .. ': ' .. f[2] end
+  return '{' .. table.concat(out, ', ') .. '}'
+end
+
+local function splice(fields, index, args, start)
+  for a = start, #args, 2 do
+    local n = index[args[a]]
+    if n then
+      fields[n][2] = args[a + 1]
+    else
+      fields[#fields + 1] = {args[a], args[a + 1]}
+      index[args[a]] = #fields
+    end
+  end
+  return join(fields)
+end
+
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1e6
+end
+""".replace("__TERMINAL__", _TERMINAL_TABLE).replace("__QUEUED__", Status.QUEUED.value)
+
+#: Merge fields into an info object and publish ``{"update": [id]}``.
+#: KEYS: info, channel, leases.  ARGV: id, ttl, guard, lease_op, lease_ttl,
+#: then field/raw-JSON pairs.  guard is ``any``, ``live`` (not finished) or
+#: ``queued``; lease_op is ``add``, ``remove`` or ``''``.
+#: Returns ``{applied (0/1), status before}``; ``{-1, ''}`` for an unknown id.
+UPDATE = (
+    "redis.replicate_commands()\n"
+    + _PRELUDE
+    + """
+local id, ttl, guard, lease_op = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local cur = redis.call('GET', KEYS[1])
+if not cur then return {-1, ''} end
+local fields, index = split_object(cur)
+local status = field_value(fields, index, 'status')
+if (guard == 'queued' and status ~= QUEUED) or (guard == 'live' and TERMINAL[status]) then
+  return {0, status}
+end
+redis.call('SET', KEYS[1], splice(fields, index, ARGV, 6), 'EX', ttl)
+redis.call('PUBLISH', KEYS[2], cjson.encode({update = {id}}))
+if lease_op == 'add' then
+  redis.call('ZADD', KEYS[3], now() + tonumber(ARGV[5]), id)
+elseif lease_op == 'remove' then
+  redis.call('ZREM', KEYS[3], id)
+end
+return {1, status}
+"""
+)
+
+#: Cancel a job: a queued one ends ``Cancelled`` at once, a running one gets
+#: its cancel flag set for the engine to act on.
+#: KEYS: info, channel, cancel flag.  ARGV: id, ttl, then field/raw pairs
+#: written when cancelling a queued job.
+#: Returns ``'cancelled'``, ``'requested'``, ``'finished:<status>'`` or ``'missing'``.
+CANCEL = (
+    _PRELUDE
+    + """
+local id, ttl = ARGV[1], ARGV[2]
+local cur = redis.call('GET', KEYS[1])
+if not cur then return 'missing' end
+local fields, index = split_object(cur)
+local status = field_value(fields, index, 'status')
+if TERMINAL[status] then return 'finished:' .. status end
+if status == QUEUED then
+  redis.call('SET', KEYS[1], splice(fields, index, ARGV, 3), 'EX', ttl)
+  redis.call('PUBLISH', KEYS[2], cjson.encode({update = {id}}))
+  return 'cancelled'
+end
+redis.call('SET', KEYS[3], '1', 'EX', ttl)
+return 'requested'
+"""
+)
+
+#: Refresh a running job's lease; returns 1 when a cancel was asked for.
+#: KEYS: leases, cancel flag.  ARGV: id, lease_ttl.
+HEARTBEAT = (
+    "redis.replicate_commands()\n"
+    + _PRELUDE
+    + """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now() + tonumber(ARGV[2]), ARGV[1])
+end
+return redis.call('EXISTS', KEYS[2])
+"""
+)
+
+#: Fail every job whose lease expired and publish it; returns their ids.
+#: KEYS: leases.  ARGV: ttl, channel suffix, then field/raw pairs to write.
+REAP = (
+    "redis.replicate_commands()\n"
+    + _PRELUDE
+    + """
+local ttl, suffix = ARGV[1], ARGV[2]
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now())
+local reaped = {}
+for _, id in ipairs(expired) do
+  redis.call('ZREM', KEYS[1], id)
+  local cur = redis.call('GET', id)
+  if cur then
+    local fields, index = split_object(cur)
+    if not TERMINAL[field_value(fields, index, 'status')] then
+      redis.call('SET', id, splice(fields, index, ARGV, 3), 'EX', ttl)
+      redis.call('PUBLISH', id .. suffix, cjson.encode({update = {id}}))
+      reaped[#reaped + 1] = id
+    end
+  end
+end
+return reaped
+"""
+)
+
+#: Info objects of a node and all its descendants, breadth first, in one step.
+#: KEYS: root id.  ARGV: children suffix, node limit.
+TREE = """
+local suffix, limit = ARGV[1], tonumber(ARGV[2])
+local out, seen, queue, head = {}, {}, {KEYS[1]}, 1
+seen[KEYS[1]] = true
+while head <= #queue and #out < limit do
+  local id = queue[head]
+  head = head + 1
+  local info = redis.call('GET', id)
+  if info then out[#out + 1] = info end
+  for _, child in ipairs(redis.call('SMEMBERS', id .. suffix)) do
+    if not seen[child] then
+      seen[child] = true
+      queue[#queue + 1] = child
+    end
+  end
+end
+return out
+"""
+
+#: Remove a child from a group and publish ``remove`` if it was there.
+#: KEYS: children set, channel.  ARGV: child id, message.
+DETACH = """
+local removed = redis.call('SREM', KEYS[1], ARGV[1])
+if removed == 1 then redis.call('PUBLISH', KEYS[2], ARGV[2]) end
+return removed
+"""
+
+CHILDREN_SUFFIX = keys.children("")
+PUBSUB_SUFFIX = keys.pubsub("")

@@ -1,0 +1,186 @@
+"""The Redis job tree: info objects, children sets, atomic updates, reads.
+
+Every write of an info object and its publish are one atomic step (a Lua
+script from :mod:`moi.lua` or a MULTI/EXEC pipeline); reading a tree of any
+size is one round trip.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, Literal
+
+import redis
+
+from moi import keys, lua
+from moi.errors import UnknownIdError
+from moi.status import Status
+
+Guard = Literal["any", "live", "queued"]
+
+#: Most nodes one tree read returns (guards the server against runaway trees).
+TREE_LIMIT = 200_000
+
+
+def now() -> str:
+    """Timestamp in the protocol's format, ``str(datetime.now())``."""
+    return str(datetime.now())
+
+
+def field_args(fields: dict[str, Any]) -> list[str]:
+    """Flatten fields into the ``name, raw JSON`` argument pairs the scripts take."""
+    args: list[str] = []
+    for name, value in fields.items():
+        args += [name, json.dumps(value)]
+    return args
+
+
+def decode(raw: bytes | str | None) -> dict[str, Any] | None:
+    """Parse a stored info object, ``None`` when missing."""
+    return None if raw is None else json.loads(raw)
+
+
+class Store:
+    """Synchronous access to the moi job tree in one Redis database.
+
+    Parameters
+    ----------
+    client : redis.Redis
+        Connection (pool) to use.
+    key_timeout : int
+        Seconds after which every key written expires.
+    """
+
+    def __init__(self, client: redis.Redis, key_timeout: int) -> None:
+        self.r = client
+        self.key_timeout = key_timeout
+        self._update = client.register_script(lua.UPDATE)
+        self._cancel = client.register_script(lua.CANCEL)
+        self._heartbeat = client.register_script(lua.HEARTBEAT)
+        self._reap = client.register_script(lua.REAP)
+        self._tree = client.register_script(lua.TREE)
+        self._detach = client.register_script(lua.DETACH)
+
+    # -- reads -------------------------------------------------------------
+    def get(self, node_id: str) -> dict[str, Any] | None:
+        """Return the info object of ``node_id``, or ``None``."""
+        return decode(self.r.get(keys.info(node_id)))
+
+    def require(self, node_id: str) -> dict[str, Any]:
+        """Return the info object of ``node_id`` or raise :class:`UnknownIdError`."""
+        info = self.get(node_id)
+        if info is None:
+            raise UnknownIdError(f"unknown job or group id: {node_id}")
+        return info
+
+    def get_many(self, ids: Iterable[str]) -> list[dict[str, Any]]:
+        """Return the info objects of ``ids`` that exist, in one MGET."""
+        ids = list(ids)
+        if not ids:
+            return []
+        raws = self.r.mget([keys.info(i) for i in ids])
+        return [json.loads(raw) for raw in raws if raw is not None]
+
+    def children(self, node_id: str) -> set[str]:
+        """Return the ids directly under ``node_id``."""
+        return {m.decode() for m in self.r.smembers(keys.children(node_id))}
+
+    def tree(self, root_id: str) -> list[dict[str, Any]]:
+        """Return ``root_id`` and all its descendants, breadth first, in one round trip."""
+        raws = self._tree(keys=[root_id], args=[lua.CHILDREN_SUFFIX, TREE_LIMIT])
+        return [json.loads(raw) for raw in raws]
+
+    # -- writes ------------------------------------------------------------
+    def create(self, info: dict[str, Any], parent_if_missing: dict[str, Any] | None = None) -> None:
+        """Store a new info object under its parent and announce it, atomically.
+
+        ``parent_if_missing`` is stored as the parent's info when it has none.
+        """
+        ttl, node_id, parent = self.key_timeout, info["id"], info.get("parent")
+        with self.r.pipeline(transaction=True) as pipe:
+            if parent is not None and parent_if_missing is not None:
+                pipe.set(keys.info(parent), json.dumps(parent_if_missing), ex=ttl, nx=True)
+            pipe.set(keys.info(node_id), json.dumps(info), ex=ttl)
+            if parent is not None:
+                pipe.sadd(keys.children(parent), node_id)
+                pipe.expire(keys.children(parent), ttl)
+                pipe.expire(keys.info(parent), ttl)
+                pipe.publish(keys.pubsub(parent), json.dumps({"add": [node_id]}))
+            pipe.execute()
+
+    def update(
+        self,
+        node_id: str,
+        fields: dict[str, Any],
+        guard: Guard = "any",
+        lease: tuple[str, float] | None = None,
+    ) -> tuple[bool, str]:
+        """Merge ``fields`` into a node's info and publish ``update``, atomically.
+
+        Parameters
+        ----------
+        node_id : str
+            Job or group to change.
+        fields : dict
+            Fields to set; every other field is kept byte for byte.
+        guard : {'any', 'live', 'queued'}
+            Apply only when the node is in any state, not finished, or queued.
+        lease : (op, seconds), optional
+            ``('add', ttl)`` starts a running job's lease, ``('remove', 0)`` ends it.
+
+        Returns
+        -------
+        (applied, previous_status)
+
+        Raises
+        ------
+        UnknownIdError
+            When ``node_id`` names nothing.
+        """
+        op, lease_ttl = lease or ("", 0)
+        applied, status = self._update(
+            keys=[keys.info(node_id), keys.pubsub(node_id), keys.LEASES],
+            args=[node_id, self.key_timeout, guard, op, lease_ttl, *field_args(fields)],
+        )
+        if applied == -1:
+            raise UnknownIdError(f"unknown job or group id: {node_id}")
+        return applied == 1, status.decode()
+
+    def cancel(self, job_id: str, reason: str) -> str:
+        """Cancel a queued job or flag a running one; see :data:`moi.lua.CANCEL`."""
+        fields = {"status": Status.CANCELLED.value, "date_end": now(), "result": reason}
+        outcome = self._cancel(
+            keys=[keys.info(job_id), keys.pubsub(job_id), keys.cancel(job_id)],
+            args=[job_id, self.key_timeout, *field_args(fields)],
+        ).decode()
+        if outcome == "missing":
+            raise UnknownIdError(f"unknown job id: {job_id}")
+        return outcome
+
+    def heartbeat(self, job_id: str, lease_ttl: float) -> bool:
+        """Extend a running job's lease; return whether cancelling was asked."""
+        return bool(
+            self._heartbeat(keys=[keys.LEASES, keys.cancel(job_id)], args=[job_id, lease_ttl])
+        )
+
+    def reap(self, reason: str) -> list[str]:
+        """Fail every running job whose engine stopped renewing its lease."""
+        fields = {"status": Status.FAILED.value, "date_end": now(), "result": reason}
+        ids = self._reap(
+            keys=[keys.LEASES], args=[self.key_timeout, lua.PUBSUB_SUFFIX, *field_args(fields)]
+        )
+        return [i.decode() for i in ids]
+
+    def detach(self, parent_id: str, node_id: str) -> bool:
+        """Remove ``node_id`` from its parent's children and publish ``remove``."""
+        removed = self._detach(
+            keys=[keys.children(parent_id), keys.pubsub(parent_id)],
+            args=[node_id, json.dumps({"remove": [node_id]})],
+        )
+        return bool(removed)
+
+    def clear_cancel(self, job_id: str) -> None:
+        """Forget a cancel request once the job has ended."""
+        self.r.delete(keys.cancel(job_id))

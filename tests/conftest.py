@@ -1,0 +1,80 @@
+"""Session fixtures: a real Redis server and real ipyparallel clusters on loopback.
+
+Everything runs under one temporary state directory, on free ports, and is
+stopped at the end; nothing depends on or disturbs services already running.
+Contexts: ``default`` (2 engines, for most tests), ``fragile`` (its own
+1-engine cluster, started only by tests that kill engines) and ``offline``
+(configured, never started: the "no cluster reachable" case).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from moi import embedded, runtime
+
+
+def _connection(state: Path, name: str) -> Path:
+    return state / "ipython" / f"profile_{name}" / "security" / "ipcontroller-moi-client.json"
+
+
+@pytest.fixture(scope="session")
+def moi_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Start Redis, the default cluster and a watchdog; point moi at them."""
+    state = tmp_path_factory.mktemp("moi-state")
+    port = embedded.free_port()
+    redis_proc = embedded.start_redis_server(state / "redis", port)
+    env = {
+        "MOI_STATE_DIR": str(state),
+        "MOI_REDIS_URL": embedded.redis_url(port),
+        "MOI_CONTEXTS": "default,fragile,offline",
+        "MOI_DEFAULT_CONTEXT": "default",
+        "MOI_CLUSTER_FILE_DEFAULT": str(_connection(state, "default")),
+        "MOI_CLUSTER_FILE_FRAGILE": str(_connection(state, "fragile")),
+        "MOI_CLUSTER_FILE_OFFLINE": str(_connection(state, "offline")),
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    runtime.reset()
+    embedded.start_cluster(state / "ipython" / "profile_default", 2)
+    watchdog = subprocess.Popen([sys.executable, "-m", "moi.watchdog"], env=dict(os.environ))
+    try:
+        from moi import ctxs
+
+        ctxs["default"].client.wait_for_engines(2, timeout=120)
+        yield env
+    finally:
+        watchdog.terminate()
+        runtime.reset()
+        embedded.stop_cluster(state / "ipython" / "profile_default")
+        redis_proc.terminate()
+        redis_proc.wait(10)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def fragile_cluster(moi_env: dict[str, str]) -> Iterator[Path]:
+    """A separate one-engine cluster (context ``fragile``) that tests may kill engines of."""
+    profile = Path(moi_env["MOI_STATE_DIR"]) / "ipython" / "profile_fragile"
+    embedded.start_cluster(profile, 1)
+    try:
+        yield profile
+    finally:
+        embedded.stop_cluster(profile)
+
+
+@pytest.fixture
+def user() -> str:
+    """A fresh user name, so tests never see each other's jobs."""
+    return f"test-{uuid.uuid4().hex[:8]}"
