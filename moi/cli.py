@@ -92,11 +92,12 @@ def submit(
     ctx = resolve(context)
     ctx.bv  # noqa: B018 -- reach the cluster before writing anything
     func = job.python_call if cmd_type == "python" else job.system_call
-    job_id, _, _ = job.submit(
+    job_id, _, ar = job.submit(
         ctx, get_id_from_user(user), name or f"{user}-cmd-submit", None, func, cmd
     )
     click.echo(f"Submitted job id: {job_id}")
     if not block:
+        job.wait_until_received(ar, ctx.client)  # the job must leave before this process exits
         return
     try:
         info = job.wait(job_id, on_change=_print_status)
@@ -194,6 +195,40 @@ def watchdog() -> None:
     from moi import watchdog as wd
 
     wd.main()
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    default=8886,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="Port to listen on.",
+)
+@click.option("--user", default="no-user", show_default=True, help="Whose jobs to show.")
+@click.option(
+    "--token",
+    envvar="MOI_TOKEN",
+    default=None,
+    help="Login token [default: $MOI_TOKEN, else a random one].",
+)
+@click.option("--read-only", is_flag=True, help="Hide and refuse submit, cancel and remove.")
+def serve(host: str, port: int, user: str, token: str | None, read_only: bool) -> None:
+    """Serve the live dashboard of a user's jobs."""
+    import asyncio
+    import logging
+
+    from moi import web
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    runtime.redis_url()  # start or reach Redis before listening
+    try:
+        asyncio.run(web.serve(host, port, user, token, read_only))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        raise MoiError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 if __name__ == "__main__":

@@ -88,10 +88,10 @@ def _connect(name: str) -> ipp.Client:
     return client
 
 
-def forget_clients() -> None:
-    """Close every connected client (tests, or after the configuration changed)."""
+def forget_clients(linger_ms: int | None = None) -> None:
+    """Close every connected client, first sending what is queued for up to ``linger_ms``."""
     for client in _clients.values():
-        client.close()
+        client.close(linger=linger_ms)
     _clients.clear()
 
 

@@ -8,14 +8,19 @@ change to a callback, as the websocket handler does for each browser.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
 from moi import keys, runtime
 from moi.errors import MoiError, UnknownIdError
 from moi.status import Status
 from moi.store import now
+
+if TYPE_CHECKING:
+    from moi.relay import Relay
 
 
 def create_info(
@@ -135,3 +140,166 @@ def _is_uuid(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+#: Most ids one request may name.
+MAX_IDS = 1000
+
+
+class Group:
+    """A live view of the tree under ``group_id``, forwarding changes as frames.
+
+    Parameters
+    ----------
+    group_id : str
+        Root of the tree (a user's group).
+    forwarder : callable
+        Called with each frame, a dict such as ``{"update": info}`` or
+        ``{"error": {...}}``.
+    relay : Relay, optional
+        The shared relay; the process's own by default.
+    read_only : bool
+        Refuse ``remove`` and ``cancel``.
+
+    Notes
+    -----
+    Only nodes in the tree can be read or changed through a view: any other
+    id gets an ``error`` frame, whoever it belongs to.
+    """
+
+    def __init__(
+        self,
+        group_id: str,
+        forwarder: Callable[[dict[str, Any]], None],
+        relay: Relay | None = None,
+        read_only: bool = False,
+    ) -> None:
+        from moi.relay import get_relay
+
+        self.group_id = group_id
+        self.forwarder = forwarder
+        self.relay = relay or get_relay()
+        self.read_only = read_only
+        self.nodes: dict[str, tuple[str | None, str]] = {}  # id -> (parent, type)
+        self._closed = False
+
+    async def start(self) -> None:
+        """Learn the tree and follow every node in it."""
+        infos = await self.relay.store.tree(self.group_id)
+        self.nodes[self.group_id] = (None, "group")
+        await self._learn(infos)
+        await self.relay.follow(self, [self.group_id])
+
+    async def close(self) -> None:
+        """Stop following; no frame is forwarded after this."""
+        self._closed = True
+        await self.relay.unfollow(self, list(self.nodes))
+        self.nodes.clear()
+
+    async def action(self, verb: str, ids: list[str]) -> None:
+        """Carry out a client request: ``get``, ``remove`` or ``cancel`` of ``ids``."""
+        handler = {"get": self._get, "remove": self._remove, "cancel": self._cancel}.get(verb)
+        if handler is None:
+            return self.error(f"unknown action {verb!r}; use get, remove, cancel or close", verb)
+        if verb != "get" and self.read_only:
+            return self.error(f"{verb} refused: this server is read-only", verb)
+        targets = ids or ([self.group_id] if verb == "get" else [])
+        strangers = [i for i in targets if i not in self.nodes]
+        if strangers:
+            return self.error(f"not in your tree: {', '.join(strangers[:5])}", verb, strangers)
+        await handler(targets)
+
+    def error(self, message: str, verb: str | None = None, ids: list[str] | None = None) -> None:
+        """Forward an ``error`` frame."""
+        self._forward({"error": {"message": message, "action": verb, "ids": ids or []}})
+
+    async def _get(self, ids: list[str]) -> None:
+        for node_id in ids:
+            infos = await self.relay.store.tree(node_id)
+            await self._learn(infos)
+            for info in infos:
+                self._forward({"get": info})
+
+    async def _remove(self, ids: list[str]) -> None:
+        if self.group_id in ids:
+            return self.error("the root of your tree cannot be removed", "remove", [self.group_id])
+        for node_id in ids:
+            parent = self.nodes[node_id][0]
+            if parent is not None:
+                await self.relay.store.detach(parent, node_id)
+
+    async def _cancel(self, ids: list[str]) -> None:
+        groups = [i for i in ids if self.nodes[i][1] != "job"]
+        if groups:
+            return self.error("only jobs can be cancelled", "cancel", groups)
+        for job_id in ids:
+            outcome = await self.relay.store.cancel(job_id)
+            if outcome.startswith("finished:"):
+                self.error(f"job already finished ({outcome.split(':', 1)[1]})", "cancel", [job_id])
+
+    # -- relay callbacks ----------------------------------------------------
+    def on_update(self, info: dict[str, Any]) -> None:
+        """A followed node changed."""
+        if info["id"] in self.nodes:
+            self._forward({"update": info})
+
+    def on_add(self, parent_id: str, info: dict[str, Any]) -> None:
+        """A node was added under a followed group."""
+        if parent_id in self.nodes and info["id"] not in self.nodes:
+            self._forward({"add": info})
+            asyncio.ensure_future(self._adopt(parent_id, info))
+
+    def on_remove(self, parent_id: str, node_id: str, info: dict[str, Any]) -> None:
+        """A node was removed from a followed group."""
+        if self.nodes.get(node_id, (None,))[0] != parent_id:
+            return
+        gone = self._subtree(node_id)
+        for i in gone:
+            self.nodes.pop(i, None)
+        self._forward({"remove": info})
+        asyncio.ensure_future(self.relay.unfollow(self, gone))
+
+    async def resync(self) -> None:
+        """Send the whole tree again (after the relay lost Redis)."""
+        before = set(self.nodes)
+        infos = await self.relay.store.tree(self.group_id)
+        now_ids = {info["id"] for info in infos} | {self.group_id}
+        for lost in before - now_ids:
+            self.nodes.pop(lost, None)
+            self._forward({"remove": {"id": lost}})
+        await self._learn(infos)
+        for info in infos:
+            self._forward({"get": info})
+
+    # -- helpers ------------------------------------------------------------
+    async def _adopt(self, parent_id: str, info: dict[str, Any]) -> None:
+        self.nodes[info["id"]] = (parent_id, info.get("type", "job"))
+        if info.get("type") == "group":
+            infos = await self.relay.store.tree(info["id"])
+            await self._learn(infos[1:])
+            for child in infos[1:]:
+                self._forward({"add": child})
+        await self.relay.follow(self, [info["id"]])
+
+    async def _learn(self, infos: list[dict[str, Any]]) -> None:
+        new = [i["id"] for i in infos if i["id"] not in self.nodes]
+        for info in infos:
+            if info["id"] != self.group_id:
+                self.nodes[info["id"]] = (info.get("parent"), info.get("type", "job"))
+        if new and not self._closed:
+            await self.relay.follow(self, new)
+
+    def _subtree(self, root: str) -> list[str]:
+        children: dict[str | None, list[str]] = {}
+        for node_id, (parent, _) in self.nodes.items():
+            children.setdefault(parent, []).append(node_id)
+        found, stack = [], [root]
+        while stack:
+            node_id = stack.pop()
+            found.append(node_id)
+            stack.extend(children.get(node_id, ()))
+        return found
+
+    def _forward(self, frame: dict[str, Any]) -> None:
+        if not self._closed:
+            self.forwarder(frame)

@@ -105,16 +105,36 @@ def _fail(job_id: str, exc: BaseException, lines: list[str] | None = None) -> No
     runtime.store().update(job_id, fields, guard="live", lease=("remove", 0))
 
 
+#: Why ipyparallel gave up on a task, for the errors whose own text is empty.
+_REASONS = {
+    "ImpossibleDependency": "a job it depends on did not succeed, so it never ran",
+    "DependencyTimeout": "its dependencies did not finish in time, so it never ran",
+    "InvalidDependency": "its dependencies can never be met, so it never ran",
+    "TaskTimeout": "it did not finish within its timeout",
+    "TaskAborted": "it was aborted before it ran",
+    "EngineError": "the engine running it died",
+}
+
+
+def settle_reason(exc: BaseException) -> str:
+    """One line saying why ipyparallel failed a task (``name: text``)."""
+    if isinstance(exc, ipp.error.RemoteError):
+        name, text = str(exc.ename), str(exc.evalue or "")
+    else:
+        name, text = type(exc).__name__, str(exc)
+    reason = _REASONS.get(name)
+    if reason and text:
+        return f"{name}: {reason} ({text})\n"
+    return f"{name}: {reason or text}\n"
+
+
 def _settle(job_id: str, ar: ipp.AsyncResult) -> None:
     """Fail a job the engine could not record: engine died, dependency failed, aborted."""
     exc = ar.exception()
     if exc is None:
         return
-    lines = [f"{type(exc).__name__}: {exc}\n"]
-    if isinstance(exc, ipp.error.RemoteError):
-        lines = [f"{exc.ename}: {exc.evalue}\n"]
     try:
-        _fail(job_id, exc, lines)
+        _fail(job_id, exc, [settle_reason(exc)])
     except Exception:  # the submitter is shutting down; the watchdog will settle it
         pass
 
@@ -259,3 +279,24 @@ def wait(
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} is still {last} after {timeout} s")
             sub.get_message(timeout=1.0)
+
+
+def wait_until_received(ar: ipp.AsyncResult, client: ipp.Client, timeout: float = 30.0) -> None:
+    """Block until the controller has recorded the job's task, so this process may exit.
+
+    A process that submits and exits at once (``moi submit --no-block``)
+    could otherwise exit with the task still in its own send queue.
+    """
+    ar.wait_for_send(timeout)
+    deadline, delay = time.monotonic() + timeout, 0.005
+    while True:
+        try:
+            client.result_status(ar.msg_ids, status_only=True)
+            return
+        except ipp.error.RemoteError:
+            if time.monotonic() > deadline:
+                raise MoiError(
+                    f"the controller did not record the job within {timeout} s"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)

@@ -34,3 +34,7 @@ def cancel(job_id: str) -> str:
 def node_id_of_channel(channel: str) -> str:
     """Return the node id a ``<id>:pubsub`` channel belongs to."""
     return channel[: -len(":pubsub")] if channel.endswith(":pubsub") else channel
+
+
+#: Channel every relay subscribes to, so its pub/sub connection always exists.
+RELAY_CHANNEL = "moi:relay"

@@ -39,6 +39,10 @@ def moi_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
         "MOI_CLUSTER_FILE_DEFAULT": str(_connection(state, "default")),
         "MOI_CLUSTER_FILE_FRAGILE": str(_connection(state, "fragile")),
         "MOI_CLUSTER_FILE_OFFLINE": str(_connection(state, "offline")),
+        # engines import the job functions defined in test modules
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p
+        ),
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

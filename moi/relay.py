@@ -1,0 +1,225 @@
+"""One pub/sub relay per server process, shared by every websocket.
+
+The relay holds a single ``redis.asyncio`` pub/sub connection.  Views (one
+:class:`moi.group.Group` per browser) tell it which nodes they follow; a
+channel is subscribed while at least one view follows its node.  Messages
+are drained in batches, every changed info object is read once (one MGET per
+batch) and handed to each view that follows it.  When Redis goes away the
+relay reconnects with back-off, subscribes again and asks every view to
+resync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import defaultdict
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from moi import keys
+from moi.astore import AsyncStore
+
+log = logging.getLogger("moi.relay")
+
+#: Most messages handled as one batch (one MGET).
+BATCH = 1000
+_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+
+class Follower(Protocol):
+    """What the relay calls on a view following nodes."""
+
+    def on_update(self, info: dict[str, Any]) -> None: ...
+    def on_add(self, parent_id: str, info: dict[str, Any]) -> None: ...
+    def on_remove(self, parent_id: str, node_id: str, info: dict[str, Any]) -> None: ...
+    async def resync(self) -> None: ...
+
+
+class Relay:
+    """Fans Redis pub/sub messages out to the views that follow each node.
+
+    Parameters
+    ----------
+    redis_url : str
+        Redis server holding the job tree.
+    key_timeout : int
+        Expiry of keys the server writes (cancel, remove).
+    max_connections : int
+        Size of the pool used for reads and writes (pub/sub has its own).
+    """
+
+    def __init__(self, redis_url: str, key_timeout: int, max_connections: int = 4) -> None:
+        pool = aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=max_connections)
+        self.client = aioredis.Redis(connection_pool=pool)
+        self.store = AsyncStore(self.client, key_timeout)
+        self._url = redis_url
+        self._followers: dict[str, set[Follower]] = defaultdict(set)
+        self._pubsub: aioredis.client.PubSub | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+
+    # -- following ----------------------------------------------------------
+    async def follow(self, follower: Follower, ids: list[str]) -> None:
+        """Deliver changes of ``ids`` to ``follower`` from now on."""
+        new = [i for i in ids if not self._followers.get(i)]
+        for node_id in ids:
+            self._followers[node_id].add(follower)
+        await self._send("subscribe", new)
+
+    async def unfollow(self, follower: Follower, ids: list[str]) -> None:
+        """Stop delivering changes of ``ids`` to ``follower``."""
+        gone = []
+        for node_id in ids:
+            followers = self._followers.get(node_id)
+            if followers is None:
+                continue
+            followers.discard(follower)
+            if not followers:
+                del self._followers[node_id]
+                gone.append(node_id)
+        await self._send("unsubscribe", gone)
+
+    def channel_count(self) -> int:
+        """Number of node channels currently subscribed."""
+        return len(self._followers)
+
+    async def _send(self, command: str, ids: list[str]) -> None:
+        if not ids or self._pubsub is None or not self.connected.is_set():
+            return  # subscribed again on reconnect
+        channels = [keys.pubsub(i) for i in ids]
+        try:
+            for start in range(0, len(channels), BATCH):
+                await getattr(self._pubsub, command)(*channels[start : start + BATCH])
+        except _DOWN:
+            pass  # the listener notices and resubscribes everything
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self) -> None:
+        """Start listening (on the running event loop)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop listening and close the connections."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
+        await self.client.aclose()
+
+    async def _connect(self) -> None:
+        if self._pubsub is not None:
+            try:
+                await self._pubsub.aclose()
+            except _DOWN:
+                pass
+        self._pubsub = aioredis.Redis.from_url(self._url).pubsub(ignore_subscribe_messages=True)
+        # from here on follow() subscribes by itself; everything followed so far is below
+        self.connected.set()
+        channels = [keys.RELAY_CHANNEL] + [keys.pubsub(i) for i in self._followers]
+        for start in range(0, len(channels), BATCH):
+            await self._pubsub.subscribe(*channels[start : start + BATCH])
+
+    async def _run(self) -> None:
+        backoff, first = 0.1, True
+        while True:
+            try:
+                await self._connect()
+                if not first:
+                    log.warning("reconnected to Redis; resyncing %d views", len(self._views()))
+                    for view in self._views():
+                        asyncio.create_task(view.resync())
+                first, backoff = False, 0.1
+                await self._listen()
+            except _DOWN as exc:
+                self.connected.clear()
+                log.warning("lost Redis (%s); retrying in %.1f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _views(self) -> set[Follower]:
+        return {f for followers in self._followers.values() for f in followers}
+
+    async def _listen(self) -> None:
+        assert self._pubsub is not None
+        while True:
+            message = await self._pubsub.get_message(timeout=None)
+            if message is None:
+                continue
+            batch = [message]
+            while len(batch) < BATCH:
+                more = await self._pubsub.get_message(timeout=0)
+                if more is None:
+                    break
+                batch.append(more)
+            await self._dispatch(batch)
+
+    async def _dispatch(self, messages: list[dict[str, Any]]) -> None:
+        updates: dict[str, None] = {}
+        moves: list[tuple[str, str, str]] = []  # (verb, parent, child)
+        for message in messages:
+            node_id = keys.node_id_of_channel(message["channel"].decode())
+            for verb, ids in _parse(message["data"]):
+                if verb == "update":
+                    updates.update(dict.fromkeys(ids))
+                elif verb in ("add", "remove"):
+                    moves += [(verb, node_id, i) for i in ids]
+        wanted = set(updates) | {child for _, _, child in moves}
+        infos = {info["id"]: info for info in await self.store.get_many(wanted)}
+        for node_id in updates:
+            if node_id in infos:
+                for view in list(self._followers.get(node_id, ())):
+                    view.on_update(infos[node_id])
+        for verb, parent, child in moves:
+            for view in list(self._followers.get(parent, ())):
+                if verb == "add" and child in infos:
+                    view.on_add(parent, infos[child])
+                elif verb == "remove":
+                    view.on_remove(parent, child, infos.get(child, {"id": child}))
+
+
+def _parse(data: bytes) -> list[tuple[str, list[str]]]:
+    """The ``(verb, ids)`` pairs of a channel message; malformed ones are dropped."""
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        return []
+    if not isinstance(payload, dict):
+        return []
+    return [
+        (verb, [i for i in ids if isinstance(i, str)])
+        for verb, ids in payload.items()
+        if isinstance(ids, list)
+    ]
+
+
+_relay: Relay | None = None
+
+
+def get_relay() -> Relay:
+    """The process's relay, made and started on first use (on the running loop)."""
+    global _relay
+    if _relay is None:
+        from moi import runtime
+
+        _relay = Relay(runtime.redis_url(), runtime.settings().key_timeout)
+        _relay.start()
+    return _relay
+
+
+async def close_relay() -> None:
+    """Stop the process's relay (tests, server shutdown)."""
+    global _relay
+    if _relay is not None:
+        await _relay.stop()
+        _relay = None

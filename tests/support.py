@@ -1,0 +1,170 @@
+"""Helpers shared by the test modules: waiting on events, running the CLI, job functions.
+
+The job functions here run on the engines, which import this module by name
+(the fixtures put ``tests/`` on the engines' ``PYTHONPATH``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+
+from moi import keys, runtime
+
+#: Variables that configure moi; removed to get an unconfigured environment.
+MOI_VARS = ("MOI_REDIS_URL", "MOI_CONTEXTS", "MOI_DEFAULT_CONTEXT", "MOI_CONFIG_FP")
+
+
+# -- job functions (run on the engines) ---------------------------------------
+def gated(release: str, timeout: float = 120.0, **kwargs: Any) -> str:
+    """Job: wait until the file ``release`` exists (at most ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(release):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{release} never appeared")
+        time.sleep(0.02)
+    return "released"
+
+
+def touch(path: str, **kwargs: Any) -> str:
+    """Job: create ``path`` (the side effect cancel tests look for)."""
+    Path(path).write_text("ran")
+    return "touched"
+
+
+def sleeper(seconds: float, pid_file: str | None = None, **kwargs: Any) -> str:
+    """Job: write this engine's pid to ``pid_file``, then sleep ``seconds``."""
+    if pid_file:
+        Path(pid_file).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return "woke up"
+
+
+def add(a: int, b: int, **kwargs: Any) -> int:
+    """Job: the sum of its arguments."""
+    return a + b
+
+
+# -- waiting on events ----------------------------------------------------------
+def wait_for_status(
+    job_id: str, accept: Callable[[str | None], bool] | str, timeout: float = 30.0
+) -> dict[str, Any]:
+    """Block until the job's status satisfies ``accept``; woken by its pub/sub channel."""
+    test = accept if callable(accept) else (lambda status: status == accept)
+    store = runtime.store()
+    deadline = time.monotonic() + timeout
+    with runtime.redis_client().pubsub(ignore_subscribe_messages=True) as sub:
+        sub.subscribe(keys.pubsub(job_id))
+        while True:
+            info = store.require(job_id)
+            if test(info.get("status")):
+                return info
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} is still {info.get('status')!r}")
+            sub.get_message(timeout=0.5)
+
+
+def wait_for_file(path: Path, timeout: float = 30.0) -> str:
+    """Return the content of ``path`` once it exists and is not empty."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text():
+            return path.read_text()
+        time.sleep(0.02)
+    raise TimeoutError(f"{path} did not appear within {timeout} s")
+
+
+def process_gone(pid: int, timeout: float = 10.0) -> bool:
+    """Whether process ``pid`` is gone (or a zombie) within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def wait_for_message(sub: redis.client.PubSub, timeout: float = 10.0) -> dict[str, Any]:
+    """The next published message on ``sub`` (subscribe confirmations skipped)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = sub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+        if message is not None:
+            return message
+    raise TimeoutError(f"no message within {timeout} s")
+
+
+def subscribed(client: redis.Redis, *channels: str) -> redis.client.PubSub:
+    """A pub/sub connection on ``channels``, returned once Redis confirmed each."""
+    sub = client.pubsub()
+    sub.subscribe(*channels)
+    confirmed: set[str] = set()
+    deadline = time.monotonic() + 10
+    while confirmed != set(channels):
+        message = sub.get_message(timeout=0.2)
+        if message and message["type"] == "subscribe":
+            confirmed.add(message["channel"].decode())
+        if time.monotonic() > deadline:
+            raise TimeoutError("subscription not confirmed")
+    return sub
+
+
+# -- running the CLI as a real process ----------------------------------------
+def moi_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m moi.cli ARGS`` and return the finished process (text output)."""
+    return subprocess.run(
+        [sys.executable, "-m", "moi.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ) if env is None else env,
+        cwd="/",
+    )
+
+
+def unconfigured_env(state_dir: Path, **extra: str) -> dict[str, str]:
+    """``os.environ`` without any moi configuration, its state under ``state_dir``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in MOI_VARS and not k.startswith("MOI_CLUSTER_FILE_")
+    }
+    env.update(MOI_STATE_DIR=str(state_dir), **extra)
+    return env
+
+
+def processes_mentioning(text: str, names: Iterable[str] = ()) -> list[psutil.Process]:
+    """Live processes whose command line contains ``text`` (and one of ``names``)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = " ".join(proc.info["cmdline"] or ())
+        if proc.info["status"] == psutil.STATUS_ZOMBIE or text not in cmdline:
+            continue
+        if not names or any(n in cmdline for n in names):
+            found.append(proc)
+    return found
+
+
+def snapshot(client: redis.Redis) -> dict[str, Any]:
+    """Every key and its value (minus bookkeeping that running jobs touch)."""
+    readers = {b"string": client.get, b"set": client.smembers, b"hash": client.hgetall}
+    found = {}
+    for key in client.keys("*"):
+        if key.decode() == keys.LEASES or key.decode().endswith(":cancel"):
+            continue
+        kind = client.type(key)
+        found[key.decode()] = readers[kind](key) if kind in readers else kind
+    return found
