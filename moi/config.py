@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import configparser
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
+
+from moi.errors import MoiError
 
 #: Default life of every key moi writes: fourteen days, in seconds.
 DEFAULT_KEY_TIMEOUT = 86400 * 14
@@ -55,10 +58,13 @@ def _ini(path: str | None) -> configparser.ConfigParser:
     parser = configparser.ConfigParser()
     if path:
         if not os.path.exists(path):
-            from moi.errors import MoiError
-
             raise MoiError(f"MOI_CONFIG_FP names {path!r}, which does not exist")
-        parser.read(path)
+        try:
+            parser.read(path)
+        except configparser.Error as exc:
+            raise MoiError(
+                f"MOI_CONFIG_FP names {path!r}, which is not a valid ini file: {exc}"
+            ) from None
     return parser
 
 
@@ -72,12 +78,23 @@ def _redis_url_from_ini(ini: configparser.ConfigParser) -> str | None:
     return f"redis://{auth}{host}:{port}/{db}"
 
 
-def _default_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
+def _default_state_dir(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
     return Path(base) / "moi"
 
 
-def load(environ: dict[str, str] | None = None) -> Settings:
+def _key_timeout(env: Mapping[str, str]) -> int:
+    raw = env.get("MOI_KEY_TIMEOUT", str(DEFAULT_KEY_TIMEOUT))
+    try:
+        seconds = int(raw)
+    except ValueError:
+        seconds = 0
+    if seconds <= 0:
+        raise MoiError(f"MOI_KEY_TIMEOUT must be a positive number of seconds, not {raw!r}")
+    return seconds
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
     """Read the settings from ``environ`` (default ``os.environ``) and the ini file.
 
     Parameters
@@ -89,12 +106,14 @@ def load(environ: dict[str, str] | None = None) -> Settings:
     -------
     Settings
     """
-    env = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     ini = _ini(env.get("MOI_CONFIG_FP"))
     redis_url = env.get("MOI_REDIS_URL") or _redis_url_from_ini(ini)
     ini_contexts = ini.get("ipython", "context", fallback=None)
     names = env.get("MOI_CONTEXTS") or ini_contexts
     contexts = tuple(n.strip() for n in (names or DEFAULT_CONTEXT).split(",") if n.strip())
+    if not contexts:
+        raise MoiError(f"no context names in {names!r}: list them separated by commas")
     default = (
         env.get("MOI_DEFAULT_CONTEXT")
         or ini.get("ipython", "default", fallback=None)
@@ -109,11 +128,11 @@ def load(environ: dict[str, str] | None = None) -> Settings:
     }
     return Settings(
         redis_url=redis_url,
-        state_dir=Path(env.get("MOI_STATE_DIR") or _default_state_dir()),
+        state_dir=Path(env.get("MOI_STATE_DIR") or _default_state_dir(env)),
         contexts=contexts,
         default_context=default,
         embedded_cluster=names is None,
         ipython_dir=env.get("MOI_IPYTHON_DIR"),
-        key_timeout=int(env.get("MOI_KEY_TIMEOUT", DEFAULT_KEY_TIMEOUT)),
+        key_timeout=_key_timeout(env),
         cluster_files=cluster_files,
     )

@@ -76,6 +76,11 @@ def _connect(name: str) -> ipp.Client:
         raise ClusterUnavailableError(
             f"no cluster reachable for context {name!r} ({exc}); {hint}"
         ) from exc
+    except (ValueError, KeyError, TypeError) as exc:  # unreadable connection file
+        raise ClusterUnavailableError(
+            f"no cluster reachable for context {name!r}: {path} is not an ipyparallel "
+            f"connection file ({type(exc).__name__}: {exc}); {hint}"
+        ) from exc
     if not client.ids:
         embedded.say(f"waiting for the engines of context {name!r} to register...")
         try:

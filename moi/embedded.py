@@ -133,7 +133,12 @@ def start_redis_server(data_dir: Path, port: int, password: str | None = None) -
     ]
     if password:
         args += ["--requirepass", password]
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+    # never inherit our stdout/stderr: a caller reading them (`$(moi submit ...)`) would
+    # wait for the server to exit before seeing end-of-file
+    with open(data_dir / "redis.log", "ab") as log:
+        proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
     url = redis_url(port, password)
     deadline = time.monotonic() + 20
     while not _redis_answers(url):
@@ -212,7 +217,10 @@ def cluster_state(state_dir: Path) -> dict[str, Any] | None:
 
 def engine_count() -> int:
     """Engines to start: ``MOI_ENGINES`` or one per core."""
-    return int(os.environ.get("MOI_ENGINES") or os.cpu_count() or 1)
+    raw = os.environ.get("MOI_ENGINES") or str(os.cpu_count() or 1)
+    if not raw.isdigit() or int(raw) < 1:
+        raise MoiError(f"MOI_ENGINES must be a positive number of engines, not {raw!r}")
+    return int(raw)
 
 
 def ensure_cluster(state_dir: Path, redis_url: str) -> Path:

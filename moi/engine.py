@@ -20,7 +20,7 @@ from typing import Any, TypedDict
 import redis
 
 from moi.errors import JobCancelled
-from moi.status import Status
+from moi.status import Status, is_terminal
 from moi.store import Store, now
 
 #: Seconds between lease renewals; a lease lasts LEASE_TTL seconds.
@@ -70,14 +70,14 @@ class Heartbeat(threading.Thread):
             self._wake.wait(HEARTBEAT_INTERVAL)
             self._wake.clear()
             with self._lock:
-                if self._job is None or self.interrupted:
+                if self._job is None:
                     continue
                 store, job_id = self._job
-                try:
+                try:  # renew even after the interrupt: a job may swallow it and go on
                     cancel_asked = store.heartbeat(job_id, LEASE_TTL)
                 except redis.RedisError:
                     continue
-                if cancel_asked:
+                if cancel_asked and not self.interrupted:
                     self.interrupted = True
                     os.kill(os.getpid(), signal.SIGINT)
 
@@ -103,7 +103,16 @@ def jsonable(result: Any) -> tuple[Any, str | None]:
 
 
 def update_status(store: Store, job_id: str, new_status: str) -> str:
-    """Set a running job's status text (the ``moi_update_status`` callback); return the old one."""
+    """Set a running job's status text (the ``moi_update_status`` callback); return the old one.
+
+    The final statuses are moi's to set when the job returns or raises: a job
+    that set one itself would look finished while running, and lose its result.
+    """
+    if is_terminal(str(new_status)):
+        raise ValueError(
+            f"moi_update_status({str(new_status)!r}): moi sets the final status itself "
+            "when the job returns (Success) or raises (Failed); use other text"
+        )
     _, before = store.update(job_id, {"status": str(new_status)}, guard="live")
     return before
 

@@ -78,11 +78,16 @@ def create_info(
 
 
 def get_id_from_user(user: str) -> str:
-    """Return the group id of ``user``, creating the user's group on first use."""
+    """Return the group id of ``user``, creating the user's group on first use.
+
+    A user's group id stands for that user (as ``moi userjobs --key`` accepts).
+    """
     r = runtime.redis_client()
     found = r.hget(keys.USER_ID_MAP, user)
     if found is not None:
         group_id = found.decode()
+        if _is_uuid(user) and not _is_uuid(group_id):  # the reverse entry: uuid -> name
+            user, group_id = group_id, user
     else:
         candidate = str(uuid4())
         if r.hsetnx(keys.USER_ID_MAP, user, candidate):
@@ -273,13 +278,18 @@ class Group:
 
     # -- helpers ------------------------------------------------------------
     async def _adopt(self, parent_id: str, info: dict[str, Any]) -> None:
-        self.nodes[info["id"]] = (parent_id, info.get("type", "job"))
-        if info.get("type") == "group":
-            infos = await self.relay.store.tree(info["id"])
-            await self._learn(infos[1:])
-            for child in infos[1:]:
-                self._forward({"add": child})
-        await self.relay.follow(self, [info["id"]])
+        """Follow a node just added, then read it again: nothing between is lost."""
+        node_id = info["id"]
+        self.nodes[node_id] = (parent_id, info.get("type", "job"))
+        await self.relay.follow(self, [node_id])
+        fresh = await self.relay.store.tree(node_id)
+        for later in fresh:
+            if later["id"] == node_id:
+                if later != info:
+                    self._forward({"update": later})
+            elif later["id"] not in self.nodes:
+                self._forward({"add": later})
+        await self._learn([n for n in fresh if n["id"] != node_id])
 
     async def _learn(self, infos: list[dict[str, Any]]) -> None:
         new = [i["id"] for i in infos if i["id"] not in self.nodes]

@@ -28,6 +28,8 @@ log = logging.getLogger("moi.relay")
 
 #: Most messages handled as one batch (one MGET).
 BATCH = 1000
+#: Longest wait for Redis to confirm a subscription before going on anyway.
+CONFIRM_TIMEOUT = 5.0
 _DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
@@ -61,15 +63,31 @@ class Relay:
         self._followers: dict[str, set[Follower]] = defaultdict(set)
         self._pubsub: aioredis.client.PubSub | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._commands = asyncio.Lock()  # one pub/sub command at a time
+        self._confirming: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
         self.connected = asyncio.Event()
+        #: Connections made so far; grows by one on every reconnect.
+        self.generation = 0
 
     # -- following ----------------------------------------------------------
     async def follow(self, follower: Follower, ids: list[str]) -> None:
         """Deliver changes of ``ids`` to ``follower`` from now on."""
+        self.start()
         new = [i for i in ids if not self._followers.get(i)]
         for node_id in ids:
             self._followers[node_id].add(follower)
+        if not new:
+            return
+        loop = asyncio.get_running_loop()
+        waits = []
+        for node_id in new:
+            future = loop.create_future()
+            self._confirming[keys.pubsub(node_id)].append(future)
+            waits.append(future)
         await self._send("subscribe", new)
+        # changes are only delivered once Redis confirms; callers read state after this
+        await asyncio.wait(waits, timeout=CONFIRM_TIMEOUT)
 
     async def unfollow(self, follower: Follower, ids: list[str]) -> None:
         """Stop delivering changes of ``ids`` to ``follower``."""
@@ -93,29 +111,33 @@ class Relay:
             return  # subscribed again on reconnect
         channels = [keys.pubsub(i) for i in ids]
         try:
-            for start in range(0, len(channels), BATCH):
-                await getattr(self._pubsub, command)(*channels[start : start + BATCH])
+            async with self._commands:
+                for start in range(0, len(channels), BATCH):
+                    await getattr(self._pubsub, command)(*channels[start : start + BATCH])
         except _DOWN:
             pass  # the listener notices and resubscribes everything
 
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> None:
-        """Start listening (on the running event loop)."""
+        """Start listening on the running event loop (the first ``follow`` does it)."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        """Stop listening and close the connections."""
+        """Stop listening and close the connections (waits at most a few seconds)."""
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await asyncio.wait({self._task}, timeout=2)
             self._task = None
+        closers = [self.client.aclose()]
         if self._pubsub is not None:
-            await self._pubsub.aclose()
-        await self.client.aclose()
+            closers.append(self._pubsub.aclose())
+        for closer in closers:
+            try:
+                await asyncio.wait_for(closer, 2)
+            except (*_DOWN, asyncio.TimeoutError):
+                pass
 
     async def _connect(self) -> None:
         if self._pubsub is not None:
@@ -123,12 +145,14 @@ class Relay:
                 await self._pubsub.aclose()
             except _DOWN:
                 pass
-        self._pubsub = aioredis.Redis.from_url(self._url).pubsub(ignore_subscribe_messages=True)
-        # from here on follow() subscribes by itself; everything followed so far is below
-        self.connected.set()
-        channels = [keys.RELAY_CHANNEL] + [keys.pubsub(i) for i in self._followers]
-        for start in range(0, len(channels), BATCH):
-            await self._pubsub.subscribe(*channels[start : start + BATCH])
+        self._pubsub = aioredis.Redis.from_url(self._url).pubsub()
+        async with self._commands:
+            # from here on follow() subscribes by itself; everything followed so far is below
+            self.connected.set()
+            channels = [keys.RELAY_CHANNEL] + [keys.pubsub(i) for i in self._followers]
+            for start in range(0, len(channels), BATCH):
+                await self._pubsub.subscribe(*channels[start : start + BATCH])
+        self.generation += 1
 
     async def _run(self) -> None:
         backoff, first = 0.1, True
@@ -143,6 +167,8 @@ class Relay:
                 await self._listen()
             except _DOWN as exc:
                 self.connected.clear()
+                if self._stopping or _being_cancelled():
+                    raise asyncio.CancelledError from exc  # redis-py turned our cancel into this
                 log.warning("lost Redis (%s); retrying in %.1f s", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -154,15 +180,22 @@ class Relay:
         assert self._pubsub is not None
         while True:
             message = await self._pubsub.get_message(timeout=None)
-            if message is None:
-                continue
-            batch = [message]
-            while len(batch) < BATCH:
-                more = await self._pubsub.get_message(timeout=0)
-                if more is None:
+            batch: list[dict[str, Any]] = []
+            while message is not None:
+                if message["type"] == "message":
+                    batch.append(message)
+                elif message["type"] == "subscribe":
+                    self._confirmed(message["channel"].decode())
+                if len(batch) >= BATCH:
                     break
-                batch.append(more)
-            await self._dispatch(batch)
+                message = await self._pubsub.get_message(timeout=0)
+            if batch:
+                await self._dispatch(batch)
+
+    def _confirmed(self, channel: str) -> None:
+        for future in self._confirming.pop(channel, ()):
+            if not future.done():
+                future.set_result(None)
 
     async def _dispatch(self, messages: list[dict[str, Any]]) -> None:
         updates: dict[str, None] = {}
@@ -188,6 +221,11 @@ class Relay:
                     view.on_remove(parent, child, infos.get(child, {"id": child}))
 
 
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return bool(task is not None and getattr(task, "cancelling", lambda: 0)())
+
+
 def _parse(data: bytes) -> list[tuple[str, list[str]]]:
     """The ``(verb, ids)`` pairs of a channel message; malformed ones are dropped."""
     try:
@@ -207,13 +245,12 @@ _relay: Relay | None = None
 
 
 def get_relay() -> Relay:
-    """The process's relay, made and started on first use (on the running loop)."""
+    """The process's relay, made on first use."""
     global _relay
     if _relay is None:
         from moi import runtime
 
         _relay = Relay(runtime.redis_url(), runtime.settings().key_timeout)
-        _relay.start()
     return _relay
 
 

@@ -24,7 +24,7 @@ from moi.relay import Relay, get_relay
 log = logging.getLogger("moi.websocket")
 
 #: Largest frame a client may send; larger ones close the connection (1009).
-MAX_MESSAGE_SIZE = 64 * 1024
+MAX_MESSAGE_SIZE = 512 * 1024
 _VERBS = ("get", "remove", "cancel", "close")
 
 

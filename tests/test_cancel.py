@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from typing import Any
+
 import ipyparallel as ipp
 import pytest
 from click.testing import CliRunner
 from support import add, gated, process_gone, sleeper, touch, wait_for_file, wait_for_status
 
-from moi import runtime
+from moi import keys, runtime
 from moi.cli import main
+from moi.engine import HEARTBEAT_INTERVAL
 from moi.errors import MoiError, UnknownIdError
 from moi.job import cancel, submit, system_call, wait
 
@@ -50,6 +55,42 @@ def test_running_python_job_is_interrupted(moi_env, user, tmp_path):
     # the engine survived and takes work again
     jobs = [submit("default", user, f"after-{n}", None, add, n, 1) for n in range(4)]
     assert [ar.get(timeout=30) for _, _, ar in jobs] == [1, 2, 3, 4]
+
+
+def stubborn(marker: str, release: str, **kwargs: Any) -> str:
+    """Job: swallows the cancel's interrupt and goes on until ``release`` exists."""
+    try:
+        gated(release)
+    except KeyboardInterrupt:
+        Path(marker).write_text("interrupted")
+        gated(release)
+        return "ignored the cancel"
+    return "never interrupted"
+
+
+def test_a_job_that_ignores_the_cancel_keeps_its_lease(moi_env, user, tmp_path):
+    marker, release = tmp_path / "marker", tmp_path / "release"
+    r = runtime.redis_client()
+    try:
+        job_id, _, ar = submit(
+            "default", user, "stubborn", None, stubborn, str(marker), str(release)
+        )
+        wait_for_status(job_id, "Running")
+        assert cancel(job_id) == "requested"
+        wait_for_file(marker, timeout=10)
+        interrupted_lease = r.zscore(keys.LEASES, job_id)
+        deadline = time.monotonic() + 5 * HEARTBEAT_INTERVAL
+        while r.zscore(keys.LEASES, job_id) == interrupted_lease:  # the engine is alive
+            assert time.monotonic() < deadline, "the lease was not renewed after the interrupt"
+            time.sleep(0.05)
+        assert runtime.store().require(job_id)["status"] == "Running"
+    finally:
+        release.touch()
+    assert ar.get(timeout=30) == "ignored the cancel"
+    info = wait(job_id, timeout=10)
+    assert info["status"] == "Success" and info["result"] == "ignored the cancel"
+    assert r.zscore(keys.LEASES, job_id) is None
+    assert not r.exists(keys.cancel(job_id))
 
 
 def test_running_system_call_is_killed(moi_env, user, tmp_path):

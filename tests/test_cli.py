@@ -216,6 +216,26 @@ def test_no_block_returns_at_once_and_job_shows_it_later(moi_env, user, tmp_path
     assert details(shown.stdout)["result"] == "42"
 
 
+def test_python_command_can_set_its_status(moi_env, user, tmp_path):
+    release = tmp_path / "release"
+    cmd = (
+        "import os, time\n"
+        "moi_update_status('half way')\n"
+        "deadline = time.monotonic() + 60\n"
+        f"while not os.path.exists({str(release)!r}) and time.monotonic() < deadline:\n"
+        "    time.sleep(0.02)\n"
+        "return 'done'"
+    )
+    try:
+        job_id, _, _ = _cli_submit(user, cmd)
+        wait_for_status(job_id, "half way")
+        shown = CliRunner().invoke(main, ["job", "--job-id", job_id])
+        assert details(shown.stdout)["status"] == "half way"
+    finally:
+        release.touch()
+    assert wait(job_id, timeout=30)["result"] == "done"
+
+
 def test_userjobs_lists_exactly_the_users_jobs_sorted(moi_env, user):
     ids = []
     for cmd in ("return 42", "return float('crash and burn')", "return 'third'"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -80,12 +81,32 @@ def test_user_ids_both_ways(moi_env, user):
     assert info["id"] in runtime.store().children(group_id)
 
 
+def test_a_group_id_stands_for_its_user(moi_env, user):
+    from moi.group import get_id_from_user
+
+    group_id = get_id_from_user(user)
+    assert get_id_from_user(group_id) == group_id
+    assert runtime.store().get(user) is None  # no stray group named after the user
+    job_id, parent, ar = submit_cli_style(group_id)
+    assert ar.get(timeout=30) == 2 and parent == group_id
+    assert job_id in runtime.store().children(group_id)
+
+
+def submit_cli_style(user_or_group: str):
+    from moi.group import get_id_from_user
+    from moi.job import submit
+
+    return submit("default", get_id_from_user(user_or_group), "add", None, add, 1, 1)
+
+
 def test_submit_passes_moi_kwargs_and_custom_status(moi_env, user, tmp_path):
     from moi.job import submit
 
     release = tmp_path / "release"
     try:
-        job_id, parent_id, ar = submit("default", user, "reporter", "/result", reports, str(release))
+        job_id, parent_id, ar = submit(
+            "default", user, "reporter", "/result", reports, str(release)
+        )
         assert parent_id == user
         assert isinstance(ar, ipp.AsyncResult)
         info = wait_for_status(job_id, "step 1")
@@ -99,6 +120,36 @@ def test_submit_passes_moi_kwargs_and_custom_status(moi_env, user, tmp_path):
     assert final["result"] == {"context": "default", "parent": user}
     # the parent group, unknown before, was created under the given id
     assert runtime.store().require(user)["type"] == "group"
+
+
+def claims_success(**kwargs: Any) -> str:
+    """Job: tries to declare itself finished."""
+    kwargs["moi_update_status"]("Success")
+    return "never recorded"
+
+
+def test_a_job_cannot_set_a_final_status_itself(moi_env, user):
+    from moi.job import submit
+
+    job_id, _, ar = submit("default", user, "liar", None, claims_success)
+    with pytest.raises(ipp.error.RemoteError) as raised:
+        ar.get(timeout=30)
+    assert raised.value.ename == "ValueError"
+    info = wait(job_id, timeout=30)
+    assert info["status"] == "Failed"
+    assert "moi sets the final status itself" in "".join(info["result"])
+    assert runtime.redis_client().zscore(keys.LEASES, job_id) is None
+
+
+def test_an_argument_that_cannot_be_sent_fails_the_job_at_once(moi_env, user):
+    from moi.job import submit
+
+    with pytest.raises(TypeError, match="pickle"):
+        submit("default", user, "unsendable", None, add, threading.Lock(), 1)
+    (job_id,) = runtime.store().children(user)
+    info = runtime.store().require(job_id)
+    assert info["status"] == "Failed" and info["date_end"] is not None
+    assert "cannot pickle" in info["result"][-1]
 
 
 def test_submit_nouser(moi_env):

@@ -53,26 +53,24 @@ def _start_engine(profile) -> None:
 
 
 def test_engine_killed_under_a_job_whose_submitter_is_alive(fragile_cluster, user, tmp_path):
-    client = ctxs["fragile"].client
-    before = set(client.ids)
-    _start_engine(fragile_cluster)
-    deadline = time.monotonic() + 60
-    while not set(client.ids) - before:  # the fresh engine registered
-        assert time.monotonic() < deadline, "no new engine registered"
-        client.spin()
-        time.sleep(0.1)
+    _start_engine(fragile_cluster)  # the first test killed the only one
+    ctxs["fragile"].client.wait_for_engines(1, timeout=60)
 
     pid_file = tmp_path / "engine.pid"
     job_id, _, ar = submit("fragile", user, "doomed", None, sleeper, 120, str(pid_file))
     engine_pid = int(wait_for_file(pid_file, timeout=60))
     wait_for_status(job_id, "Running")
+    killed_at = time.monotonic()
     _kill(engine_pid)
     with pytest.raises(ipp.error.RemoteError) as raised:
         ar.get(timeout=30)
     assert raised.value.ename == "EngineError"
     info = wait(job_id, timeout=30)
     assert info["status"] == "Failed"
+    assert time.monotonic() - killed_at < 30
+    # ipyparallel reports the death (about 5 s) before the lease expires (10 s), but
+    # on a loaded machine the watchdog may get there first: either reason is right.
     assert len(info["result"]) == 1
-    assert info["result"][0].startswith("EngineError: the engine running it died") or (
+    assert info["result"][0].startswith("EngineError: the engine running it died (Engine ") or (
         info["result"][0] == watchdog.REASON
     )

@@ -71,7 +71,9 @@ def test_fifty_concurrent_writers_lose_nothing(store, scratch_url):
         f"field_{n}": [n, 4] for n in range(50)
     }
     assert stored["status"] in {f"writer {n}" for n in range(50)}
-    assert {k: stored[k] for k in info if k != "status"} == {k: info[k] for k in info if k != "status"}
+    assert {k: stored[k] for k in info if k != "status"} == {
+        k: info[k] for k in info if k != "status"
+    }
 
 
 TRICKY: dict[str, Any] = {
@@ -87,7 +89,7 @@ TRICKY: dict[str, Any] = {
     "unicode": "snowman \u2603, nul \u0000, emoji \U0001f600, slash /",
     "nested": {"a": [1, {"b": "]}", "c": None}], "d": {"e": [[], {}]}},
     "bools": [True, False, None],
-    "braces in key {},:\"": "ok",
+    'braces in key {},:"': "ok",
 }
 
 
@@ -112,14 +114,16 @@ def _value(rng: random.Random, depth: int = 0) -> Any:
     if kind == 1:
         return rng.uniform(-1e6, 1e6) * 10 ** rng.randint(-30, 30)
     if kind == 2:
-        return "".join(rng.choice('ab"\\{}[],: \u00e9\u2603\n\t/') for _ in range(rng.randrange(12)))
+        return "".join(
+            rng.choice('ab"\\{}[],: \u00e9\u2603\n\t/') for _ in range(rng.randrange(12))
+        )
     if kind == 3:
         return rng.choice([None, True, False])
     if kind in (4, 5):
         return rng.choice([[], {}, "", 0, -0.0])
     if kind in (6, 7):
         return [_value(rng, depth + 1) for _ in range(rng.randrange(4))]
-    return {f"k{n}\"{{": _value(rng, depth + 1) for n in range(rng.randrange(4))}
+    return {f'k{n}"{{': _value(rng, depth + 1) for n in range(rng.randrange(4))}
 
 
 def test_random_merges_match_a_python_dict(store):
@@ -127,7 +131,7 @@ def test_random_merges_match_a_python_dict(store):
     info = new_job(store)
     expected = dict(info)
     for _ in range(150):
-        fields = {rng.choice(["status", "result", "a", "b", "c", "d\"}"]): _value(rng)}
+        fields = {rng.choice(["status", "result", "a", "b", "c", 'd"}']): _value(rng)}
         store.update(info["id"], fields)
         expected.update(fields)
     stored = store.require(info["id"])

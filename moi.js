@@ -1,0 +1,1 @@
+moi/static/moi.js
