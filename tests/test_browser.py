@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,7 +38,8 @@ from moi import embedded, keys, runtime
 from moi.group import get_id_from_user
 from moi.job import submit
 
-CHROMIUM = "/usr/bin/chromium"
+#: Debian's chromium (scripts/test installs it); MOI_CHROMIUM points elsewhere.
+CHROMIUM = os.environ.get("MOI_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless=new",
     "--no-sandbox",
