@@ -186,7 +186,7 @@ def _status_table() -> None:
         if row[0] == "redis" and cfg.redis_url:
             continue
         click.echo("\t".join(row))
-    click.echo(f"contexts\t{', '.join(cfg.contexts)} (default {cfg.default_context})")
+    click.echo(f"contexts\t{','.join(cfg.contexts)}\tdefault: {cfg.default_context}\t-")
 
 
 @main.command()

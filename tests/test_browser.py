@@ -740,3 +740,52 @@ def test_group_form_makes_a_collapsible_group_of_jobs(page, server, user):
     group_row.locator("summary .moi-progress").click()  # folds the group
     expect(jobs.first).to_be_hidden()
     assert page.evaluate("moi_list.counts()")["Success"] == 2
+
+
+# -- the embedding example ---------------------------------------------------------------
+EXAMPLE = Path(__file__).resolve().parent.parent / "example" / "app.py"
+
+
+@pytest.fixture
+def example_app(moi_env, tmp_path) -> Iterator[str]:
+    """``example/app.py`` as a subprocess; its base URL."""
+    port = embedded.free_port()
+    log = tmp_path / "example.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(EXAMPLE), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ),
+            cwd="/",
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not _answers(port):
+            assert proc.poll() is None, log.read_text(errors="replace")
+            assert time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_example_app_submits_from_its_handler_and_the_panel_follows(page, example_app, user):
+    page.goto(f"{example_app}/")
+    expect(page).to_have_url(re.compile(r"/login\?next="))  # its own auth stands in front
+    page.fill("input[name=user]", user)
+    page.click("button[type=submit]")
+    expect(page.locator("#user")).to_have_text(user)
+    expect(page.locator("#jobs .moi-connection")).to_have_attribute("data-state", "open")
+
+    page.click("text=Say hello")
+    job_row = page.locator("#jobs .moi-job", has=page.locator(".moi-name", has_text="hello job"))
+    expect(job_row).to_have_count(1, timeout=LIVE)
+    badge = job_row.locator(".moi-status")
+    expect(badge).to_have_attribute("data-status", "about to say hello", timeout=LIVE)
+    expect(badge).to_have_attribute("data-status", "Success", timeout=LIVE)
+    job_id = job_row.get_attribute("data-id")
+    info = runtime.store().require(job_id)
+    assert info["result"] == "hi!"
+    assert info["parent"] == get_id_from_user(user)

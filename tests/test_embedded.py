@@ -108,7 +108,7 @@ def test_zero_setup_starts_once_runs_jobs_and_persists(tmp_path):
         assert rows["redis"][0] == "running"
         assert rows["cluster"][0] == "running, 1 engines"
         assert rows["watchdog"][0] == "running"
-        assert rows["contexts"][0] == "default (default default)"
+        assert rows["contexts"] == ["default", "default: default", "-"]
 
         submitted = moi_cli("submit", "--cmd", "x = 5; return x + 10", "--block", env=env)
         assert submitted.returncode == 0, submitted.stderr

@@ -1,0 +1,145 @@
+"""Embedding moi in your own Tornado application.
+
+Run it (moi starts its own Redis and local cluster when none is configured)::
+
+    python example/app.py --port 8890
+
+then open http://127.0.0.1:8890/, log in with any name and press "Say hello".
+The job appears in the panel and goes Queued -> Running -> Success live.
+
+What an application needs, and nothing more:
+
+* ``MOIMessageHandler`` mounted at ``/moi-ws/``; it reads the user from the
+  secure cookie ``user`` (override ``get_current_user`` to use your own auth);
+* ``moi.js`` and ``moi_list.js`` served to the page (``moi.moi_js()`` and
+  ``moi.moi_list_js()`` give their paths);
+* ``submit(...)`` called from a handler, with the user's group id as parent.
+
+The login here trusts whatever name is typed: it stands in for the
+application's real authentication.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+from typing import Any
+
+import tornado.escape
+import tornado.web
+
+import moi
+from moi.group import get_id_from_user
+from moi.job import ctx_default, submit
+from moi.websocket import MOIMessageHandler
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>moi example</title></head>
+<body>
+  <p>Logged in as <b id="user"></b>.</p>
+  <form method="post" action="/hello">{xsrf}<button type="submit">Say hello</button></form>
+  <div id="jobs"></div>
+  <script src="/moi-static/moi.js"></script>
+  <script src="/moi-static/moi_list.js"></script>
+  <script>
+    document.getElementById("user").textContent = {user_json};
+    moi_list.init({group_json}, document.getElementById("jobs"));
+  </script>
+</body></html>
+"""
+
+LOGIN = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>moi example: log in</title></head>
+<body><form method="post">{xsrf}
+  <label>Name <input name="user" required></label> <button type="submit">Log in</button>
+</form></body></html>
+"""
+
+
+def hello(seconds: float = 2.0, **kwargs: Any) -> str:
+    """The job: say what it is about to do, work a little, greet.
+
+    It runs on an engine, which has none of this file's imports: import inside.
+    """
+    import time
+
+    kwargs["moi_update_status"]("about to say hello")
+    time.sleep(seconds)
+    return "hi!"
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    def get_current_user(self) -> str | None:
+        cookie = self.get_secure_cookie("user")
+        return cookie.decode() if cookie else None
+
+
+class LoginHandler(BaseHandler):
+    def get(self) -> None:
+        self.write(LOGIN.format(xsrf=self.xsrf_form_html()))
+
+    def post(self) -> None:
+        self.set_secure_cookie("user", self.get_argument("user").strip() or "no-user")
+        target = self.get_argument("next", "/")
+        self.redirect(target if target.startswith("/") and not target.startswith("//") else "/")
+
+
+class MainHandler(BaseHandler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        user = self.current_user
+        group_id = await asyncio.to_thread(get_id_from_user, user)
+        page = PAGE.format(
+            xsrf=self.xsrf_form_html(),
+            user_json=tornado.escape.json_encode(user).replace("</", "<\\/"),
+            group_json=tornado.escape.json_encode(group_id),
+        )
+        self.write(page)
+
+
+class HelloHandler(BaseHandler):
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        user = self.current_user
+
+        def send() -> str:
+            parent_id = get_id_from_user(user)
+            job_id, _, _ = submit(ctx_default, parent_id, "The hello job", None, hello)
+            return job_id
+
+        # submit connects to the cluster and Redis: keep it off the event loop
+        await asyncio.to_thread(send)
+        self.redirect("/")
+
+
+def make_app(cookie_secret: str) -> tornado.web.Application:
+    """The example application: pages, the two scripts and the websocket."""
+    static = os.path.dirname(moi.moi_js())
+    return tornado.web.Application(
+        [
+            (r"/", MainHandler),
+            (r"/login", LoginHandler),
+            (r"/hello", HelloHandler),
+            (r"/moi-ws/", MOIMessageHandler),
+            (r"/moi-static/(moi\.js|moi_list\.js)", tornado.web.StaticFileHandler, {"path": static}),
+        ],
+        cookie_secret=cookie_secret,
+        login_url="/login",
+        xsrf_cookies=True,
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8890)
+    args = parser.parse_args()
+    app = make_app(os.environ.get("EXAMPLE_COOKIE_SECRET") or secrets.token_hex(32))
+    app.listen(args.port, address="127.0.0.1")
+    print(f"moi example on http://127.0.0.1:{args.port}/", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
