@@ -29,6 +29,7 @@ from typing import Any
 
 import tornado.escape
 import tornado.web
+from tornado.web import StaticFileHandler
 
 import moi
 from moi.group import get_id_from_user
@@ -123,7 +124,7 @@ def make_app(cookie_secret: str) -> tornado.web.Application:
             (r"/login", LoginHandler),
             (r"/hello", HelloHandler),
             (r"/moi-ws/", MOIMessageHandler),
-            (r"/moi-static/(moi\.js|moi_list\.js)", tornado.web.StaticFileHandler, {"path": static}),
+            (r"/moi-static/(moi\.js|moi_list\.js)", StaticFileHandler, {"path": static}),
         ],
         cookie_secret=cookie_secret,
         login_url="/login",

@@ -194,6 +194,8 @@ class Group:
         self.nodes[self.group_id] = (None, "group")
         await self._learn(infos)
         await self.relay.follow(self, [self.group_id])
+        if self._closed:  # the browser left while we were starting
+            await self.relay.unfollow(self, [self.group_id])
 
     async def close(self) -> None:
         """Stop following; no frame is forwarded after this."""
@@ -279,6 +281,8 @@ class Group:
     # -- helpers ------------------------------------------------------------
     async def _adopt(self, parent_id: str, info: dict[str, Any]) -> None:
         """Follow a node just added, then read it again: nothing between is lost."""
+        if self._closed:
+            return
         node_id = info["id"]
         self.nodes[node_id] = (parent_id, info.get("type", "job"))
         await self.relay.follow(self, [node_id])

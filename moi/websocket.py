@@ -26,6 +26,8 @@ log = logging.getLogger("moi.websocket")
 #: Largest frame a client may send; larger ones close the connection (1009).
 MAX_MESSAGE_SIZE = 512 * 1024
 _VERBS = ("get", "remove", "cancel", "close")
+#: Views being closed; held so their tasks are not collected half-way.
+_closing: set[asyncio.Task[None]] = set()
 
 
 class MOIMessageHandler(WebSocketHandler):
@@ -73,7 +75,9 @@ class MOIMessageHandler(WebSocketHandler):
     def on_close(self) -> None:
         if self.view is not None:
             view, self.view = self.view, None
-            asyncio.ensure_future(view.close())
+            task = asyncio.ensure_future(view.close())
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
 
     def send_frame(self, frame: dict[str, Any]) -> None:
         """Send one frame; a browser that went away is simply dropped."""
