@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from moi import keys, lua
 from moi.status import Status
-from moi.store import TREE_LIMIT, field_args, now
+from moi.store import TREE_LIMIT, field_args, now, text
 
 
 class AsyncStore:
@@ -73,7 +73,7 @@ class AsyncStore:
         """Group id of ``user``, creating the user on first sight."""
         found = await self.r.hget(keys.USER_ID_MAP, user)
         if found is not None:
-            return found.decode()
+            return text(found)
         from moi.group import get_id_from_user
 
         return await asyncio.to_thread(get_id_from_user, user)

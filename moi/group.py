@@ -17,7 +17,7 @@ from uuid import UUID, uuid4
 from moi import keys, runtime
 from moi.errors import MoiError, UnknownIdError
 from moi.status import Status
-from moi.store import now
+from moi.store import now, text
 
 if TYPE_CHECKING:
     from moi.relay import Relay
@@ -85,14 +85,14 @@ def get_id_from_user(user: str) -> str:
     r = runtime.redis_client()
     found = r.hget(keys.USER_ID_MAP, user)
     if found is not None:
-        group_id = found.decode()
+        group_id = text(found)
         if _is_uuid(user) and not _is_uuid(group_id):  # the reverse entry: uuid -> name
             user, group_id = group_id, user
     else:
         candidate = str(uuid4())
         if r.hsetnx(keys.USER_ID_MAP, user, candidate):
             r.hset(keys.USER_ID_MAP, candidate, user)
-        group_id = r.hget(keys.USER_ID_MAP, user).decode()
+        group_id = text(r.hget(keys.USER_ID_MAP, user) or candidate)
     if runtime.store().get(group_id) is None:  # new, or its info expired
         info = create_info(user, "group", id=group_id)
         r.set(keys.info(group_id), json.dumps(info), ex=runtime.settings().key_timeout, nx=True)
@@ -110,7 +110,7 @@ def get_user_from_id(group_id: str) -> str:
     found = runtime.redis_client().hget(keys.USER_ID_MAP, group_id)
     if found is None:
         raise UnknownIdError(f"no user has group id {group_id}")
-    return found.decode()
+    return text(found)
 
 
 def find_user_group(key: str) -> str:
@@ -124,14 +124,14 @@ def find_user_group(key: str) -> str:
     found = runtime.redis_client().hget(keys.USER_ID_MAP, key)
     if found is None:
         raise UnknownIdError(f"Unknown key: {key}")
-    value = found.decode()
+    value = text(found)
     return value if _is_uuid(value) else key
 
 
 def users() -> dict[str, str]:
     """All users and their group ids."""
     pairs = runtime.redis_client().hgetall(keys.USER_ID_MAP)
-    decoded = {k.decode(): v.decode() for k, v in pairs.items()}
+    decoded = {text(k): text(v) for k, v in pairs.items()}
     return {
         name: gid
         for name, gid in decoded.items()

@@ -29,6 +29,11 @@ def now() -> str:
     return str(datetime.now())
 
 
+def text(value: bytes | str) -> str:
+    """A Redis reply as ``str`` (clients here return bytes)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def field_args(fields: dict[str, Any]) -> list[str]:
     """Flatten fields into the ``name, raw JSON`` argument pairs the scripts take."""
     args: list[str] = []
@@ -85,7 +90,7 @@ class Store:
 
     def children(self, node_id: str) -> set[str]:
         """Return the ids directly under ``node_id``."""
-        return {m.decode() for m in self.r.smembers(keys.children(node_id))}
+        return {text(m) for m in self.r.smembers(keys.children(node_id))}
 
     def tree(self, root_id: str) -> list[dict[str, Any]]:
         """Return ``root_id`` and all its descendants, breadth first, in one round trip."""
