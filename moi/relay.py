@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 from collections import defaultdict
 from typing import Any, Protocol
 
@@ -42,6 +43,10 @@ class Follower(Protocol):
     async def resync(self) -> None: ...
 
 
+#: Prefix of the names of relays' Redis connections (``CLIENT LIST`` shows them).
+CLIENT_NAME = "moi-relay"
+
+
 class Relay:
     """Fans Redis pub/sub messages out to the views that follow each node.
 
@@ -56,7 +61,11 @@ class Relay:
     """
 
     def __init__(self, redis_url: str, key_timeout: int, max_connections: int = 4) -> None:
-        pool = aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=max_connections)
+        #: Name every Redis connection of this relay carries.
+        self.name = f"{CLIENT_NAME}-{secrets.token_hex(4)}"
+        pool = aioredis.BlockingConnectionPool.from_url(
+            redis_url, max_connections=max_connections, client_name=self.name
+        )
         self.client = aioredis.Redis(connection_pool=pool)
         self.store = AsyncStore(self.client, key_timeout)
         self._url = redis_url

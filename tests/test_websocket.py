@@ -196,6 +196,28 @@ class TestProtocol(WebSocketCase):
         assert self.relay.channel_count() == 1
 
 
+    @gen_test(timeout=60)
+    async def test_redis_connections_do_not_grow_with_browsers(self) -> None:
+        def relay_connections() -> int:
+            clients = runtime.redis_client().client_list()
+            return sum(1 for c in clients if c.get("name") == self.relay.name)
+
+        users = [f"ws-{uuid.uuid4().hex[:8]}" for _ in range(40)]
+        trees = [make_tree(u, 1) for u in users]
+        first = await self.ws_connect(users[0])
+        await self.get_tree(first, 2)
+        with_one = relay_connections()
+        assert with_one >= 1  # the pub/sub connection at least
+        others = [await self.ws_connect(u) for u in users[1:]]
+        for ws in others:
+            await self.get_tree(ws, 2)
+        for (_, ids), ws in zip(trees[1:], others, strict=True):
+            runtime.store().update(ids[0], {"status": "Running"})
+            await self.read_until(ws, "update", ids[0], status="Running")
+        assert relay_connections() <= 4  # the relay's pool, pub/sub included
+        assert self.relay.channel_count() == 2 * len(users)
+
+
 class TestOwnership(WebSocketCase):
     @gen_test(timeout=30)
     async def test_other_users_nodes_are_refused_and_unchanged(self) -> None:
