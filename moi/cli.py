@@ -57,12 +57,26 @@ def _job_id(value: str) -> str:
         raise MoiError(f"malformed job id {value!r}: expected a UUID") from None
 
 
-def _print_status(info: dict[str, Any]) -> None:
-    click.echo(
-        f"{info['date_end'] or info['date_start'] or info['date_created']}  "
-        f"status: {info['status']}",
-        err=True,
-    )
+class _StatusPrinter:
+    """Prints each status change on stderr, with the time it happened.
+
+    A job quicker than one Redis read goes from ``Queued`` to its end between
+    two looks; its start is then shown from ``date_start``.
+    """
+
+    def __init__(self) -> None:
+        self.shown: list[str] = []
+
+    def __call__(self, info: dict[str, Any]) -> None:
+        status = info["status"]
+        if Status.RUNNING not in self.shown and status != Status.QUEUED and info["date_start"]:
+            if status != Status.RUNNING:
+                self._echo(info["date_start"], Status.RUNNING.value)
+        self._echo(info["date_end"] or info["date_start"] or info["date_created"], status)
+
+    def _echo(self, when: str, status: str) -> None:
+        self.shown.append(status)
+        click.echo(f"{when}  status: {status}", err=True)
 
 
 @main.command()
@@ -100,7 +114,7 @@ def submit(
         job.wait_until_received(ar, ctx.client)  # the job must leave before this process exits
         return
     try:
-        info = job.wait(job_id, on_change=_print_status)
+        info = job.wait(job_id, on_change=_StatusPrinter())
     except KeyboardInterrupt:
         raise click.ClickException(
             f"stopped waiting; job {job_id} goes on (`moi cancel --job-id {job_id}` stops it)"

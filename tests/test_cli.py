@@ -90,6 +90,15 @@ def test_python_success_block_subprocess(moi_env, user):
     assert proc.returncode == 0, proc.stderr
     assert_success_block(proc.stdout, proc.stderr, user)
     assert "Traceback" not in proc.stderr
+    # a job quicker than one look still shows its start, from date_start, in order
+    shown = re.findall(r"^(\S+ \S+)  status: (\w+)$", proc.stderr, re.MULTILINE)
+    assert [status for _, status in shown] == ["Queued", "Running", "Success"], proc.stderr
+    info = runtime.store().require(re.search(r"id: (\S+)", proc.stdout).group(1))
+    assert [when for when, _ in shown] == [
+        info["date_created"],
+        info["date_start"],
+        info["date_end"],
+    ]
 
 
 def _lines(stream, out: queue.Queue) -> None:

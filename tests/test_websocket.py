@@ -195,7 +195,6 @@ class TestProtocol(WebSocketCase):
         await self.get_tree(other, 1)  # only its (new, empty) group is followed now
         assert self.relay.channel_count() == 1
 
-
     @gen_test(timeout=60)
     async def test_redis_connections_do_not_grow_with_browsers(self) -> None:
         def relay_connections() -> int:
