@@ -60,8 +60,9 @@ def _job_id(value: str) -> str:
 class _StatusPrinter:
     """Prints each status change on stderr, with the time it happened.
 
-    A job quicker than one Redis read goes from ``Queued`` to its end between
-    two looks; its start is then shown from ``date_start``.
+    A job can move on between two looks: states it passed through unseen are
+    shown from its dates (``Queued`` at ``date_created``, ``Running`` at
+    ``date_start``).
     """
 
     def __init__(self) -> None:
@@ -69,6 +70,8 @@ class _StatusPrinter:
 
     def __call__(self, info: dict[str, Any]) -> None:
         status = info["status"]
+        if not self.shown and status != Status.QUEUED:
+            self._echo(info["date_created"], Status.QUEUED.value)
         if Status.RUNNING not in self.shown and status != Status.QUEUED and info["date_start"]:
             if status != Status.RUNNING:
                 self._echo(info["date_start"], Status.RUNNING.value)
