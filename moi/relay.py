@@ -57,7 +57,8 @@ class Relay:
     key_timeout : int
         Expiry of keys the server writes (cancel, remove).
     max_connections : int
-        Size of the pool used for reads and writes (pub/sub has its own).
+        Size of the pool used for reads and writes; pub/sub has one more
+        connection of its own.  All carry the name :attr:`name`.
     """
 
     def __init__(self, redis_url: str, key_timeout: int, max_connections: int = 4) -> None:
@@ -154,7 +155,7 @@ class Relay:
                 await self._pubsub.aclose()
             except _DOWN:
                 pass
-        self._pubsub = aioredis.Redis.from_url(self._url).pubsub()
+        self._pubsub = aioredis.Redis.from_url(self._url, client_name=self.name).pubsub()
         async with self._commands:
             # from here on follow() subscribes by itself; everything followed so far is below
             self.connected.set()
