@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from moi import keys, lua
 from moi.status import Status
-from moi.store import TREE_LIMIT, field_args, now, text
+from moi.store import TREE_LIMIT, decode_all, field_args, now, text
 
 
 class AsyncStore:
@@ -41,12 +41,12 @@ class AsyncStore:
         if not ids:
             return []
         raws = await self.r.mget([keys.info(i) for i in ids])
-        return [json.loads(raw) for raw in raws if raw is not None]
+        return decode_all(raws)
 
     async def tree(self, root_id: str) -> list[dict[str, Any]]:
         """``root_id`` and every node under it, breadth first, in one round trip."""
         raws = await self._tree(keys=[root_id], args=[lua.CHILDREN_SUFFIX, TREE_LIMIT])
-        return [json.loads(raw) for raw in raws]
+        return decode_all(raws)
 
     async def cancel(self, job_id: str) -> str:
         """Cancel a job; see :data:`moi.lua.CANCEL` for the outcomes."""

@@ -200,7 +200,12 @@ class Relay:
                     break
                 message = await self._pubsub.get_message(timeout=0)
             if batch:
-                await self._dispatch(batch)
+                try:
+                    await self._dispatch(batch)
+                except _DOWN:
+                    raise
+                except Exception:  # keep relaying for everyone else
+                    log.exception("could not relay %d pub/sub messages", len(batch))
 
     def _confirmed(self, channel: str) -> None:
         for future in self._confirming.pop(channel, ()):

@@ -43,8 +43,23 @@ def field_args(fields: dict[str, Any]) -> list[str]:
 
 
 def decode(raw: bytes | str | None) -> dict[str, Any] | None:
-    """Parse a stored info object, ``None`` when missing."""
-    return None if raw is None else json.loads(raw)
+    """Parse a stored info object; ``None`` when missing or not an info object.
+
+    Other programs share the protocol: a value they garbled is skipped, it
+    does not break the reader.
+    """
+    if raw is None:
+        return None
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) and isinstance(info.get("id"), str) else None
+
+
+def decode_all(raws: Iterable[bytes | str | None]) -> list[dict[str, Any]]:
+    """The info objects among ``raws``, skipping missing and garbled ones."""
+    return [info for info in map(decode, raws) if info is not None]
 
 
 class Store:
@@ -86,7 +101,7 @@ class Store:
         if not ids:
             return []
         raws = self.r.mget([keys.info(i) for i in ids])
-        return [json.loads(raw) for raw in raws if raw is not None]
+        return decode_all(raws)
 
     def children(self, node_id: str) -> set[str]:
         """Return the ids directly under ``node_id``."""
@@ -95,7 +110,7 @@ class Store:
     def tree(self, root_id: str) -> list[dict[str, Any]]:
         """Return ``root_id`` and all its descendants, breadth first, in one round trip."""
         raws = self._tree(keys=[root_id], args=[lua.CHILDREN_SUFFIX, TREE_LIMIT])
-        return [json.loads(raw) for raw in raws]
+        return decode_all(raws)
 
     # -- writes ------------------------------------------------------------
     def create(self, info: dict[str, Any], parent_if_missing: dict[str, Any] | None = None) -> None:

@@ -131,6 +131,24 @@ class TestProtocol(WebSocketCase):
         await self.read_until(ws, "update", new, status="step 2")
 
     @gen_test(timeout=30)
+    async def test_garbage_written_by_other_programs_is_skipped(self) -> None:
+        user = f"ws-{uuid.uuid4().hex[:8]}"
+        group_id, ids = make_tree(user, 1)
+        r = runtime.redis_client()
+        for bad_id, raw in (("bad-json", "{not json"), ("bad-list", "[1, 2]")):
+            bad = f"{bad_id}-{uuid.uuid4().hex[:6]}"
+            r.set(keys.info(bad), raw, ex=600)
+            r.sadd(keys.children(group_id), bad)
+        ws = await self.ws_connect(user)
+        tree = await self.get_tree(ws, 2)  # the group and its one real job
+        assert set(tree) == {group_id, ids[0]}
+        r.publish(keys.pubsub(group_id), "not json at all")
+        r.publish(keys.pubsub(group_id), json.dumps({"add": "not a list", "update": [7]}))
+        r.publish(keys.pubsub(ids[0]), json.dumps({"update": [ids[0], "bad-json"]}))
+        runtime.store().update(ids[0], {"status": "still relayed"})
+        await self.read_until(ws, "update", ids[0], status="still relayed")
+
+    @gen_test(timeout=30)
     async def test_a_new_subgroup_and_its_jobs_are_followed(self) -> None:
         user = f"ws-{uuid.uuid4().hex[:8]}"
         group_id, _ = make_tree(user, 0)
