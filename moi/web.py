@@ -22,6 +22,7 @@ import tornado.web
 from tornado.ioloop import PeriodicCallback
 
 from moi import job, runtime, watchdog
+from moi.context import resolve
 from moi.errors import MoiError
 from moi.group import create_info, get_id_from_user
 from moi.status import is_terminal
@@ -189,14 +190,19 @@ class DashboardSocket(MOIMessageHandler):
         return user if user == self.server.user else None
 
 
-def submit_command(user: str, cmd: str, cmd_type: str, name: str, parent_id: str | None) -> str:
-    """Validate and submit one command for ``user`` (under ``parent_id`` or the user's group)."""
+def check_command(cmd: str, cmd_type: str) -> None:
+    """Raise :class:`MoiError` unless ``cmd`` can be submitted as a ``cmd_type`` job."""
     if cmd_type not in ("python", "system"):
         raise MoiError(f"cmd_type must be python or system, not {cmd_type!r}")
     if not cmd.strip():
         raise MoiError("the command is empty")
     if cmd_type == "python":
         job.check_python(cmd)
+
+
+def submit_command(user: str, cmd: str, cmd_type: str, name: str, parent_id: str | None) -> str:
+    """Validate and submit one command for ``user`` (under ``parent_id`` or the user's group)."""
+    check_command(cmd, cmd_type)
     func = job.python_call if cmd_type == "python" else job.system_call
     job_id, _, _ = job.submit(None, parent_id or get_id_from_user(user), name, None, func, cmd)
     return job_id
@@ -204,9 +210,10 @@ def submit_command(user: str, cmd: str, cmd_type: str, name: str, parent_id: str
 
 def submit_group(user: str, name: str, cmds: list[str], cmd_type: str) -> str:
     """Create a group under ``user``'s tree holding one job per command; return its id."""
-    if cmd_type == "python":
-        for cmd in cmds:
-            job.check_python(cmd)
+    for cmd in cmds:
+        check_command(cmd, cmd_type)
+    if not resolve(None).client.ids:  # reach the cluster before writing the group
+        raise MoiError("the default context has no engines yet; try again in a moment")
     group = create_info(name, "group", parent=get_id_from_user(user), store=True)
     for n, cmd in enumerate(cmds, 1):
         submit_command(user, cmd, cmd_type, f"{name} #{n}", group["id"])
