@@ -1,0 +1,89 @@
+"""One benchmark figure beside its baseline; the table and the JSON file."""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+_CHECKS: dict[str, Callable[[float, float], bool]] = {
+    "<=": operator.le,
+    ">=": operator.ge,
+    "==": operator.eq,
+}
+
+
+@dataclass
+class Result:
+    """A figure of moi (``value``) and of its baseline, and their ratio.
+
+    ``ratio_of`` says which way the ratio is taken; ``target`` is a check
+    such as ``"ratio <= 1.10"`` or ``"value <= 10"`` (``None``: no target).
+    """
+
+    name: str
+    value: float
+    baseline: float
+    unit: str
+    ratio_of: str = "value/baseline"
+    target: str | None = None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float:
+        a, b = (self.value, self.baseline)
+        if self.ratio_of == "baseline/value":
+            a, b = b, a
+        return a / b if b else math.inf
+
+    @property
+    def met(self) -> bool | None:
+        """Whether the target is met (``None`` without a target)."""
+        if self.target is None:
+            return None
+        subject, check, bound = self.target.split()
+        figure = self.ratio if subject == "ratio" else self.value
+        return _CHECKS[check](round(figure, 6), float(bound))
+
+    def as_json(self) -> dict[str, object]:
+        data = asdict(self)
+        del data["name"]
+        return {**data, "ratio": round(self.ratio, 4), "met": self.met}
+
+
+def _fmt(x: float) -> str:
+    if math.isnan(x) or math.isinf(x):
+        return str(x)
+    return f"{x:.4g}"
+
+
+def table(results: list[Result]) -> str:
+    """The results as a fixed-width text table."""
+    rows = [("benchmark", "moi", "baseline", "unit", "ratio", "of", "target", "met")]
+    for r in results:
+        met = {None: "-", True: "yes", False: "NO"}[r.met]
+        rows.append(
+            (
+                r.name,
+                _fmt(r.value),
+                _fmt(r.baseline),
+                r.unit,
+                _fmt(r.ratio),
+                r.ratio_of,
+                r.target or "-",
+                met,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_json(results: list[Result], path: Path) -> None:
+    """Write ``{name: {value, baseline, ratio, unit, target, ...}}`` to ``path``."""
+    data = {r.name: r.as_json() for r in results}
+    path.write_text(json.dumps(data, indent=2) + "\n")

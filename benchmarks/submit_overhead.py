@@ -1,0 +1,60 @@
+"""submit_overhead: trivial jobs through ``moi.job.submit`` vs ``ctx.bv.apply_async``.
+
+Both submit every job, then wait for every result, on the same cluster.
+The two are interleaved over a few rounds and each side's median wall
+time is kept, so a slow moment of the machine does not land on one side.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import workload
+from results import Result
+
+from moi import job
+from moi.context import resolve
+from moi.group import get_id_from_user
+
+ROUNDS = 3
+
+
+def run(quick: bool) -> list[Result]:
+    jobs = 200 if quick else 1000
+    ctx = resolve(None)
+    ctx.client.wait_for_engines(1, timeout=120)
+    parent = get_id_from_user("bench-submit")
+
+    def baseline() -> float:
+        start = time.perf_counter()
+        results = [ctx.bv.apply_async(workload.trivial, i) for i in range(jobs)]
+        for ar in results:
+            ar.get(timeout=600)
+        return time.perf_counter() - start
+
+    def moi() -> float:
+        start = time.perf_counter()
+        results = [
+            job.submit(ctx, parent, f"trivial {i}", None, workload.trivial, i)[2]
+            for i in range(jobs)
+        ]
+        for ar in results:
+            ar.get(timeout=600)
+        return time.perf_counter() - start
+
+    baseline(), moi()  # warm up: connections, imports on the engines
+    times: dict[str, list[float]] = {"moi": [], "baseline": []}
+    for _ in range(ROUNDS):
+        times["baseline"].append(baseline())
+        times["moi"].append(moi())
+    return [
+        Result(
+            "submit_overhead",
+            statistics.median(times["moi"]),
+            statistics.median(times["baseline"]),
+            "s",
+            target="ratio <= 1.10",
+            note=f"{jobs} trivial jobs, 2 engines, median of {ROUNDS} interleaved rounds",
+        )
+    ]
