@@ -14,9 +14,9 @@ import signal
 import sys
 
 import tornado.web
+from original_server import OriginalHandler
 
 from moi.websocket import MOIMessageHandler
-from original_server import OriginalHandler
 
 
 class BenchHandler(MOIMessageHandler):

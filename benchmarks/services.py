@@ -61,9 +61,7 @@ def environment(engines: int = 2) -> Iterator[dict[str, str]]:
             "MOI_REDIS_URL": embedded.redis_url(port),
             "MOI_CONTEXTS": "default",
             "MOI_DEFAULT_CONTEXT": "default",
-            "MOI_CLUSTER_FILE_DEFAULT": str(
-                profile / "security" / "ipcontroller-moi-client.json"
-            ),
+            "MOI_CLUSTER_FILE_DEFAULT": str(profile / "security" / "ipcontroller-moi-client.json"),
             # engines import the benchmark's job function from workload.py
             "PYTHONPATH": os.pathsep.join(
                 p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p
