@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any, TypedDict
@@ -36,6 +37,8 @@ class JobSpec(TypedDict):
     key_timeout: int
     context: str
     parent: str | None
+    #: The job's Queued info object, written by the engine if the submitter's write is late.
+    info: dict[str, Any]
 
 
 @functools.cache
@@ -49,15 +52,13 @@ class Heartbeat(threading.Thread):
     def __init__(self) -> None:
         super().__init__(name="moi-heartbeat", daemon=True)
         self._lock = threading.Lock()
-        self._wake = threading.Event()
         self._job: tuple[Store, str] | None = None
         self.interrupted = False
 
     def watch(self, store: Store, job_id: str) -> None:
         """Start renewing ``job_id``'s lease."""
-        with self._lock:
+        with self._lock:  # the lease was set with Running: renewing can wait for the next beat
             self._job, self.interrupted = (store, job_id), False
-        self._wake.set()
 
     def stop(self) -> bool:
         """Stop watching; no interrupt is sent after this returns.  Return whether one was."""
@@ -67,8 +68,7 @@ class Heartbeat(threading.Thread):
 
     def run(self) -> None:
         while True:
-            self._wake.wait(HEARTBEAT_INTERVAL)
-            self._wake.clear()
+            time.sleep(HEARTBEAT_INTERVAL)
             with self._lock:
                 if self._job is None:
                     continue
@@ -127,7 +127,9 @@ def run_job(spec: JobSpec, func: Callable[..., Any], *args: Any, **kwargs: Any) 
     """
     store, job_id = _store(spec["redis_url"], spec["key_timeout"]), spec["id"]
     fields = {"status": Status.RUNNING.value, "date_start": now()}
-    started, before = store.update(job_id, fields, guard="queued", lease=("add", LEASE_TTL))
+    started, before = store.update(
+        job_id, fields, guard="queued", lease=("add", LEASE_TTL), if_missing=spec.get("info")
+    )
     if not started:
         raise JobCancelled(f"job {job_id} did not run: it was {before} before it started")
     kwargs.update(

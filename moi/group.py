@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
@@ -21,6 +23,22 @@ from moi.store import now, text
 
 if TYPE_CHECKING:
     from moi.relay import Relay
+
+
+_random = bytearray()
+_random_lock = threading.Lock()
+os.register_at_fork(after_in_child=_random.clear)  # a forked child must not reuse ids
+
+
+def new_id() -> str:
+    """A new random (version 4) uuid, like ``uuid4()`` but reading the OS's
+    randomness 4 KiB at a time instead of once per id."""
+    with _random_lock:
+        if len(_random) < 16:
+            _random.extend(os.urandom(4096))
+        chunk = bytes(_random[:16])
+        del _random[:16]
+    return str(UUID(bytes=chunk, version=4))
 
 
 def create_info(
@@ -57,7 +75,7 @@ def create_info(
     """
     if info_type not in ("job", "group"):
         raise MoiError(f"info_type must be 'job' or 'group', not {info_type!r}")
-    node_id = str(uuid4()) if id is None else id
+    node_id = new_id() if id is None else id
     info = {
         "id": node_id,
         "name": name,

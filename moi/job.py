@@ -7,6 +7,7 @@ then hands the function to the context's load-balanced view wrapped by
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -79,19 +80,26 @@ def submit(
     store = runtime.store()
     info = create_info(name, "job", url=url, parent=parent_id, context=context.name)
     parent = create_info("unnamed", "group", id=parent_id)
-    store.create(info, parent_if_missing=parent)
     spec = JobSpec(
         id=info["id"],
         redis_url=runtime.redis_url(),
         key_timeout=store.key_timeout,
         context=context.name,
         parent=parent_id,
+        info=info,
     )
-    try:
-        ar = bv.apply_async(run_job, spec, func, *args, **kwargs)
-    except Exception as exc:
-        _fail(info["id"], exc)
-        raise
+    # the Queued write's round trip overlaps handing the task over; an engine
+    # that starts the job before the write lands writes the info itself
+    submit_error: Exception | None = None
+    with store.creating(info, parent_if_missing=parent):
+        try:
+            # a partial travels by reference (a plain function would be sent as code)
+            ar = bv.apply_async(functools.partial(run_job, spec), func, *args, **kwargs)
+        except Exception as exc:
+            submit_error = exc
+    if submit_error is not None:
+        _fail(info["id"], submit_error)
+        raise submit_error
     ar.add_done_callback(lambda done: _settle(info["id"], done))
     return info["id"], parent_id, ar
 

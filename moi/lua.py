@@ -24,6 +24,31 @@ local function string_end(s, p)
   end
 end
 
+local function is_space(b)
+  return b == 32 or b == 9 or b == 10 or b == 13
+end
+
+-- Position of the ',' or '}' that ends the value starting at vs.
+local function value_end(s, vs)
+  local b = string.byte(s, vs)
+  if b == 34 then return string.find(s, '[,}]', string_end(s, vs) + 1) end
+  if b ~= 91 and b ~= 123 then return string.find(s, '[,}]', vs) end
+  local depth, p = 0, vs
+  while true do
+    local c = string.find(s, '[%[%]{}",]', p)
+    b = string.byte(s, c)
+    if b == 34 then
+      p = string_end(s, c) + 1
+    elseif depth == 0 and (b == 44 or b == 125) then
+      return c
+    else
+      if b == 91 or b == 123 then depth = depth + 1 elseif b ~= 44 then depth = depth - 1 end
+      p = c + 1
+    end
+  end
+end
+
+-- Fields of a JSON object as {raw key, key, raw value}, in order, and key -> position.
 local function split_object(s)
   local fields, index = {}, {}
   local i = string.find(s, '{', 1, true) + 1
@@ -31,28 +56,17 @@ local function split_object(s)
     local q = string.find(s, '["}]', i)
     if not q or string.byte(s, q) == 125 then return fields, index end
     local qe = string_end(s, q)
-    local key = cjson.decode(string.sub(s, q, qe))
-    local vs = string.find(s, ':', qe + 1, true) + 1
-    local depth, p = 0, vs
-    while true do
-      local c = string.find(s, '[%[%]{}",]', p)
-      local b = string.byte(s, c)
-      if b == 34 then
-        p = string_end(s, c) + 1
-      elseif depth == 0 and (b == 44 or b == 125) then
-        fields[#fields + 1] = {key, string.match(string.sub(s, vs, c - 1), '^%s*(.-)%s*$')}
-        index[key] = #fields
-        if b == 125 then return fields, index end
-        i = c + 1
-        break
-      elseif b == 91 or b == 123 then
-        depth = depth + 1; p = c + 1
-      elseif b == 93 or b == 125 then
-        depth = depth - 1; p = c + 1
-      else
-        p = c + 1
-      end
-    end
+    local raw_key = string.sub(s, q, qe)
+    local key = string.sub(raw_key, 2, -2)
+    if string.find(key, '\\\\', 1, true) then key = cjson.decode(raw_key) end
+    local vs = string.find(s, '%S', string.find(s, ':', qe + 1, true) + 1)
+    local c = value_end(s, vs)
+    local ve = c - 1
+    while is_space(string.byte(s, ve)) do ve = ve - 1 end
+    fields[#fields + 1] = {raw_key, string.sub(s, vs, ve)}
+    index[key] = #fields
+    if string.byte(s, c) == 125 then return fields, index end
+    i = c + 1
   end
 end
 
@@ -66,7 +80,7 @@ end
 
 local function join(fields)
   local out = {}
-  for n, f in ipairs(fields) do out[n] = cjson.encode(f[1]) .. ': ' .. f[2] end
+  for n, f in ipairs(fields) do out[n] = f[1] .. ': ' .. f[2] end
   return '{' .. table.concat(out, ', ') .. '}'
 end
 
@@ -76,7 +90,7 @@ local function splice(fields, index, args, start)
     if n then
       fields[n][2] = args[a + 1]
     else
-      fields[#fields + 1] = {args[a], args[a + 1]}
+      fields[#fields + 1] = {cjson.encode(args[a]), args[a + 1]}
       index[args[a]] = #fields
     end
   end
@@ -91,8 +105,10 @@ end
 
 #: Merge fields into an info object and publish ``{"update": [id]}``.
 #: KEYS: info, channel, leases.  ARGV: id, ttl, guard, lease_op, lease_ttl,
-#: then field/raw-JSON pairs.  guard is ``any``, ``live`` (not finished) or
-#: ``queued``; lease_op is ``add``, ``remove`` or ``''``.
+#: if_missing, then field/raw-JSON pairs.  guard is ``any``, ``live`` (not
+#: finished) or ``queued``; lease_op is ``add``, ``remove`` or ``''``;
+#: if_missing is the info object to start from when the node has none yet
+#: (an engine may start a job before the submitter's write lands), or ``''``.
 #: Returns ``{applied (0/1), status before}``; ``{-1, ''}`` for an unknown id.
 UPDATE = (
     "redis.replicate_commands()\n"
@@ -100,13 +116,16 @@ UPDATE = (
     + """
 local id, ttl, guard, lease_op = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local cur = redis.call('GET', KEYS[1])
-if not cur then return {-1, ''} end
+if not cur then
+  if ARGV[6] == '' then return {-1, ''} end
+  cur = ARGV[6]
+end
 local fields, index = split_object(cur)
 local status = field_value(fields, index, 'status')
 if (guard == 'queued' and status ~= QUEUED) or (guard == 'live' and TERMINAL[status]) then
   return {0, status}
 end
-redis.call('SET', KEYS[1], splice(fields, index, ARGV, 6), 'EX', ttl)
+redis.call('SET', KEYS[1], splice(fields, index, ARGV, 7), 'EX', ttl)
 redis.call('PUBLISH', KEYS[2], cjson.encode({update = {id}}))
 if lease_op == 'add' then
   redis.call('ZADD', KEYS[3], now() + tonumber(ARGV[5]), id)

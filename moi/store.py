@@ -8,7 +8,9 @@ size is one round trip.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Literal
 
@@ -62,6 +64,17 @@ def decode_all(raws: Iterable[bytes | str | None]) -> list[dict[str, Any]]:
     return [info for info in map(decode, raws) if info is not None]
 
 
+def pack(commands: list[tuple[str | int, ...]]) -> bytes:
+    """Commands in the Redis protocol (RESP), ready to send in one write."""
+    out = []
+    for command in commands:
+        out.append(b"*%d\r\n" % len(command))
+        for arg in command:
+            data = str(arg).encode()
+            out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(out)
+
+
 class Store:
     """Synchronous access to the moi job tree in one Redis database.
 
@@ -82,6 +95,8 @@ class Store:
         self._reap = client.register_script(lua.REAP)
         self._tree = client.register_script(lua.TREE)
         self._detach = client.register_script(lua.DETACH)
+        self._creating_lock = threading.Lock()
+        self._creating_connection: Any = None
 
     # -- reads -------------------------------------------------------------
     def get(self, node_id: str) -> dict[str, Any] | None:
@@ -118,17 +133,64 @@ class Store:
 
         ``parent_if_missing`` is stored as the parent's info when it has none.
         """
-        ttl, node_id, parent = self.key_timeout, info["id"], info.get("parent")
         with self.r.pipeline(transaction=True) as pipe:
-            if parent is not None and parent_if_missing is not None:
-                pipe.set(keys.info(parent), json.dumps(parent_if_missing), ex=ttl, nx=True)
-            pipe.set(keys.info(node_id), json.dumps(info), ex=ttl)
-            if parent is not None:
-                pipe.sadd(keys.children(parent), node_id)
-                pipe.expire(keys.children(parent), ttl)
-                pipe.expire(keys.info(parent), ttl)
-                pipe.publish(keys.pubsub(parent), json.dumps({"add": [node_id]}))
+            for command in self._create_commands(info, parent_if_missing)[1:-1]:
+                pipe.execute_command(*command)  # within the pipeline's own MULTI/EXEC
             pipe.execute()
+
+    @contextmanager
+    def creating(
+        self, info: dict[str, Any], parent_if_missing: dict[str, Any] | None = None
+    ) -> Iterator[None]:
+        """Send :meth:`create`'s write, run the body, then wait for Redis to confirm it.
+
+        The write leaves before the body runs and its round trip overlaps the
+        body (handing the task to the cluster).  An info object already there
+        is kept: an engine that started the job first wrote it (``if_missing``
+        of :meth:`update`).  Writes go through one connection of their own,
+        one at a time.
+        """
+        commands = self._create_commands(info, parent_if_missing, keep_existing=True)
+        with self._creating_lock:
+            if self._creating_connection is None:
+                pool = self.r.connection_pool
+                self._creating_connection = pool.connection_class(**pool.connection_kwargs)
+            connection = self._creating_connection
+            try:
+                connection.send_packed_command([pack(commands)], check_health=False)
+                try:
+                    yield
+                finally:
+                    for _ in commands:
+                        connection.read_response()
+            except BaseException:
+                connection.disconnect()
+                raise
+
+    def _create_commands(
+        self,
+        info: dict[str, Any],
+        parent_if_missing: dict[str, Any] | None,
+        keep_existing: bool = False,
+    ) -> list[tuple[str | int, ...]]:
+        ttl, node_id, parent = self.key_timeout, info["id"], info.get("parent")
+        commands: list[tuple[str | int, ...]] = [("MULTI",)]
+        if parent is not None and parent_if_missing is not None:
+            commands.append(
+                ("SET", keys.info(parent), json.dumps(parent_if_missing), "EX", ttl, "NX")
+            )
+        commands.append(
+            ("SET", keys.info(node_id), json.dumps(info), "EX", ttl)
+            + (("NX",) if keep_existing else ())
+        )
+        if parent is not None:
+            commands += [
+                ("SADD", keys.children(parent), node_id),
+                ("EXPIRE", keys.children(parent), ttl),
+                ("EXPIRE", keys.info(parent), ttl),
+                ("PUBLISH", keys.pubsub(parent), json.dumps({"add": [node_id]})),
+            ]
+        return commands + [("EXEC",)]
 
     def update(
         self,
@@ -136,6 +198,7 @@ class Store:
         fields: dict[str, Any],
         guard: Guard = "any",
         lease: tuple[str, float] | None = None,
+        if_missing: dict[str, Any] | None = None,
     ) -> tuple[bool, str]:
         """Merge ``fields`` into a node's info and publish ``update``, atomically.
 
@@ -149,6 +212,8 @@ class Store:
             Apply only when the node is in any state, not finished, or queued.
         lease : (op, seconds), optional
             ``('add', ttl)`` starts a running job's lease, ``('remove', 0)`` ends it.
+        if_missing : dict, optional
+            Info object to start from when the node has none yet.
 
         Returns
         -------
@@ -162,7 +227,15 @@ class Store:
         op, lease_ttl = lease or ("", 0)
         applied, status = self._update(
             keys=[keys.info(node_id), keys.pubsub(node_id), keys.LEASES],
-            args=[node_id, self.key_timeout, guard, op, lease_ttl, *field_args(fields)],
+            args=[
+                node_id,
+                self.key_timeout,
+                guard,
+                op,
+                lease_ttl,
+                json.dumps(if_missing) if if_missing else "",
+                *field_args(fields),
+            ],
         )
         if applied == -1:
             raise UnknownIdError(f"unknown job or group id: {node_id}")

@@ -150,6 +150,44 @@ def test_guards(store):
     assert store.require(info["id"])["result"] == 1
 
 
+def test_merges_objects_other_programs_formatted(store):
+    info = create_info("job", "job", context="default") | {"result": TRICKY}
+    store.r.set(info["id"], json.dumps(info, indent=2, separators=(" ,", " :  ")))
+    store.update(info["id"], {"status": "Running", "new": [1, 2.5]})
+    stored = store.require(info["id"])
+    assert stored == info | {"status": "Running", "new": [1, 2.5]}
+
+
+def test_an_engine_first_to_a_job_writes_its_info(store):
+    """The engine may start a job before the submitter's Queued write lands."""
+    info = create_info("early", "job", parent="group", context="default")
+    applied, before = store.update(
+        info["id"], {"status": "Running"}, guard="queued", if_missing=info
+    )
+    assert (applied, before) == (True, "Queued")
+    pubsub = subscribed(store.r, keys.pubsub("group"))
+    with store.creating(info, parent_if_missing=create_info("g", "group", id="group")):
+        pass
+    assert json.loads(wait_for_message(pubsub)["data"]) == {"add": [info["id"]]}
+    pubsub.close()
+    assert store.require(info["id"]) == info | {"status": "Running"}  # not set back to Queued
+    assert store.children("group") == {info["id"]}
+    with pytest.raises(UnknownIdError):
+        store.update("no-such-job", {"status": "Running"})
+
+
+def test_creating_confirms_its_write_even_when_the_body_fails(store):
+    first = create_info("first", "job", parent="group", context="default")
+    with pytest.raises(RuntimeError, match="submit failed"):
+        with store.creating(first):
+            raise RuntimeError("submit failed")
+    second = create_info("second", "job", parent="group", context="default")
+    with store.creating(second):  # the connection is still in step
+        pass
+    assert store.get_many([first["id"], second["id"]]) == [first, second]
+    assert store.children("group") == {first["id"], second["id"]}
+
+
 # -- one round trip ------------------------------------------------------------
 def test_tree_is_read_in_one_round_trip(store, scratch_url):
     root = create_info("root", "group", id="root")
