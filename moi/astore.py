@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from moi import keys, lua
 from moi.status import Status
-from moi.store import TREE_LIMIT, decode_all, field_args, now, text
+from moi.store import TREE_LIMIT, decode_all, decode_tree, field_args, now, text
 
 
 class AsyncStore:
@@ -44,9 +44,13 @@ class AsyncStore:
         return decode_all(raws)
 
     async def tree(self, root_id: str) -> list[dict[str, Any]]:
-        """``root_id`` and every node under it, breadth first, in one round trip."""
-        raws = await self._tree(keys=[root_id], args=[lua.CHILDREN_SUFFIX, TREE_LIMIT])
-        return decode_all(raws)
+        """``root_id`` and every node under it, breadth first, in one round trip (two when
+        something in it is garbled)."""
+        args = [lua.CHILDREN_SUFFIX, TREE_LIMIT]
+        infos = decode_tree(await self._tree(keys=[root_id], args=[*args, "array"]))
+        if infos is None:  # something garbled in it: read item by item
+            infos = decode_all(await self._tree(keys=[root_id], args=args))
+        return infos
 
     async def cancel(self, job_id: str) -> str:
         """Cancel a job; see :data:`moi.lua.CANCEL` for the outcomes."""

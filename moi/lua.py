@@ -199,23 +199,35 @@ return reaped
 )
 
 #: Info objects of a node and all its descendants, breadth first, in one step.
-#: KEYS: root id.  ARGV: children suffix, node limit.
+#: Each level is read with MGET; only groups (and nodes without info) have
+#: their children looked up.  KEYS: root id.  ARGV: children suffix, node
+#: limit, and ``array`` to get one JSON array text instead of a list.
 TREE = """
-local suffix, limit = ARGV[1], tonumber(ARGV[2])
-local out, seen, queue, head = {}, {}, {KEYS[1]}, 1
-seen[KEYS[1]] = true
-while head <= #queue and #out < limit do
-  local id = queue[head]
-  head = head + 1
-  local info = redis.call('GET', id)
-  if info then out[#out + 1] = info end
-  for _, child in ipairs(redis.call('SMEMBERS', id .. suffix)) do
-    if not seen[child] then
-      seen[child] = true
-      queue[#queue + 1] = child
+local suffix, limit, as_array = ARGV[1], tonumber(ARGV[2]), ARGV[3] == 'array'
+local out, seen, level = {}, {[KEYS[1]] = true}, {KEYS[1]}
+while #level > 0 and #out < limit do
+  local below = {}
+  for first = 1, #level, 1000 do
+    local chunk = {}
+    for n = first, math.min(first + 999, #level) do chunk[#chunk + 1] = level[n] end
+    local infos = redis.call('MGET', unpack(chunk))
+    for n = 1, #chunk do
+      local info = infos[n]
+      if info and #out < limit then out[#out + 1] = info end
+      -- a plain search: a false hit costs one empty SMEMBERS, and a group always hits
+      if not info or string.find(info, '"group"', 1, true) then
+        for _, child in ipairs(redis.call('SMEMBERS', chunk[n] .. suffix)) do
+          if not seen[child] then
+            seen[child] = true
+            below[#below + 1] = child
+          end
+        end
+      end
     end
   end
+  level = below
 end
+if as_array then return '[' .. table.concat(out, ',') .. ']' end
 return out
 """
 

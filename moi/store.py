@@ -75,6 +75,19 @@ def pack(commands: list[tuple[str | int, ...]]) -> bytes:
     return b"".join(out)
 
 
+def decode_tree(array: bytes | str) -> list[dict[str, Any]] | None:
+    """The info objects in the JSON array text :data:`moi.lua.TREE` builds.
+
+    ``None`` when the array does not parse (a garbled info object in it):
+    then read the tree as a list and skip what is garbled.
+    """
+    try:
+        infos = json.loads(array)
+    except ValueError:
+        return None
+    return [i for i in infos if isinstance(i, dict) and isinstance(i.get("id"), str)]
+
+
 class Store:
     """Synchronous access to the moi job tree in one Redis database.
 
@@ -124,8 +137,11 @@ class Store:
 
     def tree(self, root_id: str) -> list[dict[str, Any]]:
         """Return ``root_id`` and all its descendants, breadth first, in one round trip."""
-        raws = self._tree(keys=[root_id], args=[lua.CHILDREN_SUFFIX, TREE_LIMIT])
-        return decode_all(raws)
+        array = self._tree(keys=[root_id], args=[lua.CHILDREN_SUFFIX, TREE_LIMIT, "array"])
+        infos = decode_tree(array)
+        if infos is None:
+            infos = decode_all(self._tree(keys=[root_id], args=[lua.CHILDREN_SUFFIX, TREE_LIMIT]))
+        return infos
 
     # -- writes ------------------------------------------------------------
     def create(self, info: dict[str, Any], parent_if_missing: dict[str, Any] | None = None) -> None:
