@@ -17,7 +17,7 @@ from moi import job
 from moi.context import resolve
 from moi.group import get_id_from_user
 
-ROUNDS = 3
+ROUNDS = 5
 
 
 def run(quick: bool) -> list[Result]:

@@ -1,7 +1,7 @@
 """Websocket clients and job writers: the load the push benchmarks put on a server.
 
 Writers change jobs with moi's own atomic write (the ``UPDATE`` Lua script
-the engines run, same keys and arguments as :meth:`moi.store.Store.update`),
+the engines run, with the keys and arguments :meth:`moi.store.Store.update` uses),
 stamping each change with ``bench_seq`` and ``bench_sent`` (``time.time()``
 just before the write).  Clients record, for every ``update`` frame, the time
 from that stamp to the frame's arrival.  Everything runs on loopback and
@@ -25,7 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from moi import keys, lua, runtime
 from moi.group import create_info, get_id_from_user
-from moi.store import field_args
+from moi.store import update_call
 
 #: Most connections opened at once.
 CONNECT_CONCURRENCY = 50
@@ -169,10 +169,8 @@ class Writer:
             "bench_final": final,
             "bench_sent": time.time(),
         }
-        await self._update(
-            keys=[keys.info(job_id), keys.pubsub(job_id), keys.LEASES],
-            args=[job_id, self.key_timeout, "any", "", 0, *field_args(fields)],
-        )
+        call = update_call(job_id, fields, self.key_timeout)
+        await self._update(keys=call["keys"], args=call["args"])
         self.written += 1
         return seq
 

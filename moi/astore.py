@@ -46,7 +46,7 @@ class AsyncStore:
     async def tree(self, root_id: str) -> list[dict[str, Any]]:
         """``root_id`` and every node under it, breadth first, in one round trip (two when
         something in it is garbled)."""
-        args = [lua.CHILDREN_SUFFIX, TREE_LIMIT]
+        args: list[Any] = [lua.CHILDREN_SUFFIX, TREE_LIMIT]
         infos = decode_tree(await self._tree(keys=[root_id], args=[*args, "array"]))
         if infos is None:  # something garbled in it: read item by item
             infos = decode_all(await self._tree(keys=[root_id], args=args))

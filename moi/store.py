@@ -44,6 +44,30 @@ def field_args(fields: dict[str, Any]) -> list[str]:
     return args
 
 
+def update_call(
+    node_id: str,
+    fields: dict[str, Any],
+    key_timeout: int,
+    guard: Guard = "any",
+    lease: tuple[str, float] | None = None,
+    if_missing: dict[str, Any] | None = None,
+) -> dict[str, list[Any]]:
+    """The ``keys`` and ``args`` of :data:`moi.lua.UPDATE` (see :meth:`Store.update`)."""
+    op, lease_ttl = lease or ("", 0)
+    return {
+        "keys": [keys.info(node_id), keys.pubsub(node_id), keys.LEASES],
+        "args": [
+            node_id,
+            key_timeout,
+            guard,
+            op,
+            lease_ttl,
+            json.dumps(if_missing) if if_missing else "",
+            *field_args(fields),
+        ],
+    }
+
+
 def decode(raw: bytes | str | None) -> dict[str, Any] | None:
     """Parse a stored info object; ``None`` when missing or not an info object.
 
@@ -240,19 +264,8 @@ class Store:
         UnknownIdError
             When ``node_id`` names nothing.
         """
-        op, lease_ttl = lease or ("", 0)
-        applied, status = self._update(
-            keys=[keys.info(node_id), keys.pubsub(node_id), keys.LEASES],
-            args=[
-                node_id,
-                self.key_timeout,
-                guard,
-                op,
-                lease_ttl,
-                json.dumps(if_missing) if if_missing else "",
-                *field_args(fields),
-            ],
-        )
+        call = update_call(node_id, fields, self.key_timeout, guard, lease, if_missing)
+        applied, status = self._update(keys=call["keys"], args=call["args"])
         if applied == -1:
             raise UnknownIdError(f"unknown job or group id: {node_id}")
         return applied == 1, status.decode()
