@@ -44,13 +44,9 @@ class AsyncStore:
         return decode_all(raws)
 
     async def tree(self, root_id: str) -> list[dict[str, Any]]:
-        """``root_id`` and every node under it, breadth first, in one round trip (two when
-        something in it is garbled)."""
-        args: list[Any] = [lua.CHILDREN_SUFFIX, TREE_LIMIT]
-        infos = decode_tree(await self._tree(keys=[root_id], args=[*args, "array"]))
-        if infos is None:  # something garbled in it: read item by item
-            infos = decode_all(await self._tree(keys=[root_id], args=args))
-        return infos
+        """``root_id`` and every node under it, breadth first, in one round trip."""
+        raws = await self._tree(keys=[root_id], args=[lua.CHILDREN_SUFFIX, TREE_LIMIT])
+        return decode_tree(raws)
 
     async def cancel(self, job_id: str) -> str:
         """Cancel a job; see :data:`moi.lua.CANCEL` for the outcomes."""

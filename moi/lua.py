@@ -200,10 +200,9 @@ return reaped
 
 #: Info objects of a node and all its descendants, breadth first, in one step.
 #: Each level is read with MGET; only groups (and nodes without info) have
-#: their children looked up.  KEYS: root id.  ARGV: children suffix, node
-#: limit, and ``array`` to get one JSON array text instead of a list.
+#: their children looked up.  KEYS: root id.  ARGV: children suffix, node limit.
 TREE = """
-local suffix, limit, as_array = ARGV[1], tonumber(ARGV[2]), ARGV[3] == 'array'
+local suffix, limit = ARGV[1], tonumber(ARGV[2])
 local out, seen, level = {}, {[KEYS[1]] = true}, {KEYS[1]}
 while #level > 0 and #out < limit do
   local below = {}
@@ -227,7 +226,6 @@ while #level > 0 and #out < limit do
   end
   level = below
 end
-if as_array then return '[' .. table.concat(out, ',') .. ']' end
 return out
 """
 
