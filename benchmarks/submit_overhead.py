@@ -24,7 +24,7 @@ ROUNDS = 6
 def run(quick: bool) -> list[Result]:
     jobs = 200 if quick else 1000
     ctx = resolve(None)
-    ctx.client.wait_for_engines(1, timeout=120)
+    ctx.client.wait_for_engines(2, timeout=120)  # both engines, from the first round on
     parent = get_id_from_user("bench-submit")
 
     def baseline() -> float:

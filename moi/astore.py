@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from moi import keys, lua
 from moi.status import Status
-from moi.store import TREE_LIMIT, decode_all, decode_tree, field_args, now, text
+from moi.store import TREE_LIMIT, decode_all, field_args, now, text
 
 
 class AsyncStore:
@@ -46,7 +46,7 @@ class AsyncStore:
     async def tree(self, root_id: str) -> list[dict[str, Any]]:
         """``root_id`` and every node under it, breadth first, in one round trip."""
         raws = await self._tree(keys=[root_id], args=[lua.CHILDREN_SUFFIX, TREE_LIMIT])
-        return decode_tree(raws)
+        return decode_all(raws)
 
     async def cancel(self, job_id: str) -> str:
         """Cancel a job; see :data:`moi.lua.CANCEL` for the outcomes."""

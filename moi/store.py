@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Literal
 
+import orjson
 import redis
 
 from moi import keys, lua
@@ -77,9 +78,12 @@ def decode(raw: bytes | str | None) -> dict[str, Any] | None:
     if raw is None:
         return None
     try:
-        info = json.loads(raw)
+        info = orjson.loads(raw)
     except ValueError:
-        return None
+        try:  # what orjson refuses but Python reads: ints beyond 64 bits, NaN
+            info = json.loads(raw)
+        except ValueError:
+            return None
     return info if isinstance(info, dict) and isinstance(info.get("id"), str) else None
 
 
@@ -99,17 +103,16 @@ def pack(commands: list[tuple[str | int, ...]]) -> bytes:
     return b"".join(out)
 
 
-def decode_tree(raws: list[bytes]) -> list[dict[str, Any]]:
-    """The info objects among the raw values :data:`moi.lua.TREE` returns.
-
-    They are parsed as one JSON array (much faster than one by one); when
-    something in it is garbled, one by one, skipping what is garbled.
-    """
+def _retrying_once(
+    action: Callable[[], Any], before_retry: Callable[[], Any] | None = None
+) -> None:
+    """Run ``action``; if the connection broke, run ``before_retry`` and ``action`` once more."""
     try:
-        infos = json.loads(b"[" + b",".join(raws) + b"]")
-    except ValueError:
-        return decode_all(raws)
-    return [i for i in infos if isinstance(i, dict) and isinstance(i.get("id"), str)]
+        action()
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        if before_retry is not None:
+            before_retry()
+        action()
 
 
 class Store:
@@ -161,7 +164,7 @@ class Store:
 
     def tree(self, root_id: str) -> list[dict[str, Any]]:
         """Return ``root_id`` and all its descendants, breadth first, in one round trip."""
-        return decode_tree(self._tree(keys=[root_id], args=[lua.CHILDREN_SUFFIX, TREE_LIMIT]))
+        return decode_all(self._tree(keys=[root_id], args=[lua.CHILDREN_SUFFIX, TREE_LIMIT]))
 
     # -- writes ------------------------------------------------------------
     def create(self, info: dict[str, Any], parent_if_missing: dict[str, Any] | None = None) -> None:
@@ -187,21 +190,21 @@ class Store:
         one at a time.
         """
         commands = self._create_commands(info, parent_if_missing, keep_existing=True)
+        payload, replies = pack(commands), len(commands)
         with self._creating_lock:
             if self._creating_connection is None:
                 pool = self.r.connection_pool
                 self._creating_connection = pool.connection_class(**pool.connection_kwargs)
             connection = self._creating_connection
+            _retrying_once(lambda: connection.send_packed_command([payload], check_health=False))
             try:
-                connection.send_packed_command([pack(commands)], check_health=False)
-                try:
-                    yield
-                finally:
-                    for _ in commands:
-                        connection.read_response()
-            except BaseException:
-                connection.disconnect()
-                raise
+                yield
+            finally:
+                # the write is idempotent: sent again on a fresh connection if this one broke
+                _retrying_once(
+                    lambda: [connection.read_response() for _ in range(replies)],
+                    lambda: connection.send_packed_command([payload], check_health=False),
+                )
 
     def _create_commands(
         self,

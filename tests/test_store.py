@@ -158,6 +158,25 @@ def test_merges_objects_other_programs_formatted(store):
     assert stored == info | {"status": "Running", "new": [1, 2.5]}
 
 
+def test_creating_survives_a_dropped_connection(store):
+    first = create_info("first", "job", parent="group", context="default")
+    with store.creating(first):
+        pass
+    killed = store.r.client_kill_filter(_type="normal", skipme=True)
+    assert killed >= 1  # the creating connection among them
+    second = create_info("second", "job", parent="group", context="default")
+    with store.creating(second):
+        pass
+    assert store.get_many([first["id"], second["id"]]) == [first, second]
+
+
+def test_values_beyond_fast_json_are_still_read(store):
+    info = create_info("big", "job", context="default")
+    store.r.set(info["id"], json.dumps(info | {"result": [2**80, math.nan]}))
+    stored = store.require(info["id"])
+    assert stored["result"][0] == 2**80 and math.isnan(stored["result"][1])
+
+
 def test_an_engine_first_to_a_job_writes_its_info(store):
     """The engine may start a job before the submitter's Queued write lands."""
     info = create_info("early", "job", parent="group", context="default")
