@@ -93,7 +93,6 @@ def submit(
     submit_error: Exception | None = None
     with store.creating(info, parent_if_missing=parent):
         try:
-            # a partial travels by reference (a plain function would be sent as code)
             ar = bv.apply_async(functools.partial(run_job, spec), func, *args, **kwargs)
         except Exception as exc:
             submit_error = exc
