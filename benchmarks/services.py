@@ -50,7 +50,10 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = Non
 
 @contextmanager
 def environment(engines: int = 2) -> Iterator[dict[str, str]]:
-    """Start Redis and a cluster in a temporary state directory; point moi at them."""
+    """Start Redis and a cluster in a temporary state directory; point moi at them.
+
+    The environment keeps pointing there afterwards: a benchmark run is a process of its own.
+    """
     with tempfile.TemporaryDirectory(prefix="moi-bench-") as tmp:
         state = Path(tmp)
         port = embedded.free_port()
@@ -67,8 +70,7 @@ def environment(engines: int = 2) -> Iterator[dict[str, str]]:
                 p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p
             ),
         }
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
+        os.environ.update(env)  # for this process, the servers and the engines it starts
         runtime.reset()
         started = False
         try:
@@ -81,11 +83,6 @@ def environment(engines: int = 2) -> Iterator[dict[str, str]]:
                 embedded.stop_cluster(profile)
             redis_proc.terminate()
             redis_proc.wait(10)
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
 
 @contextmanager
