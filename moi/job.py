@@ -1,8 +1,9 @@
 """Submit functions and commands as moi jobs, and cancel them.
 
-``submit`` writes the job's info object (``Queued``) under its parent group,
-then hands the function to the context's load-balanced view wrapped by
-:func:`moi.engine.run_job`, which records everything else.
+``submit`` writes the job's info object (``Queued``) under its parent group
+and, while that write is in flight, hands the function to the context's
+load-balanced view wrapped by :func:`moi.engine.run_job`, which records
+everything else; it returns once Redis confirmed the write.
 """
 
 from __future__ import annotations

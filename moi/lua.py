@@ -48,7 +48,7 @@ local function value_end(s, vs)
   end
 end
 
--- Fields of a JSON object as {raw key, key, raw value}, in order, and key -> position.
+-- Fields of a JSON object as {raw key, raw value}, in order, and key -> position.
 local function split_object(s)
   local fields, index = {}, {}
   local i = string.find(s, '{', 1, true) + 1
