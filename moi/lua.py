@@ -206,16 +206,15 @@ local suffix, limit = ARGV[1], tonumber(ARGV[2])
 local out, seen, level = {}, {[KEYS[1]] = true}, {KEYS[1]}
 while #level > 0 and #out < limit do
   local below = {}
-  for first = 1, #level, 1000 do
-    local chunk = {}
-    for n = first, math.min(first + 999, #level) do chunk[#chunk + 1] = level[n] end
-    local infos = redis.call('MGET', unpack(chunk))
-    for n = 1, #chunk do
+  for first = 1, #level, 4000 do
+    local last = math.min(first + 3999, #level)
+    local infos = redis.call('MGET', unpack(level, first, last))
+    for n = 1, last - first + 1 do
       local info = infos[n]
       if info and #out < limit then out[#out + 1] = info end
       -- a plain search: a false hit costs one empty SMEMBERS, and a group always hits
       if not info or string.find(info, '"group"', 1, true) then
-        for _, child in ipairs(redis.call('SMEMBERS', chunk[n] .. suffix)) do
+        for _, child in ipairs(redis.call('SMEMBERS', level[first + n - 1] .. suffix)) do
           if not seen[child] then
             seen[child] = true
             below[#below + 1] = child
