@@ -242,6 +242,21 @@ def test_tree_is_read_in_one_round_trip(store, scratch_url):
     assert len(commands) == 1 and commands[0].startswith("EVALSHA"), commands
 
 
+def test_tree_reads_wide_levels_and_groups_without_info(store):
+    store.create(create_info("root", "group", id="root"))
+    store.r.sadd(keys.children("root"), "lost-group")  # its info expired, its children did not
+    wide = [create_info(f"j{n}", "job", parent="root", context="default") for n in range(4500)]
+    deep = create_info("deep", "job", parent="lost-group", context="default")
+    with store.r.pipeline(transaction=False) as pipe:
+        for info in [*wide, deep]:
+            pipe.set(info["id"], json.dumps(info))
+            pipe.sadd(keys.children(info["parent"]), info["id"])
+        pipe.execute()
+    nodes = store.tree("root")
+    assert {n["id"] for n in nodes} == {"root", deep["id"]} | {i["id"] for i in wide}
+    assert nodes[0]["id"] == "root" and nodes[-1]["id"] == deep["id"]  # breadth first
+
+
 def test_get_many_is_one_mget(store):
     ids = [new_job(store)["id"] for _ in range(5)]
     assert [i["id"] for i in store.get_many([*ids, "missing"])] == ids
