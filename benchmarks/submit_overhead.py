@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import workload
 from results import Result
@@ -32,39 +34,28 @@ def run(quick: bool) -> list[Result]:
     ctx.client.wait_for_engines(2, timeout=120)  # both engines, from the first round on
     parent = get_id_from_user("bench-submit")
 
-    def baseline() -> float:
+    url = runtime.redis_url()
+    sides: dict[str, Callable[[int], Any]] = {
+        "baseline": lambda i: ctx.bv.apply_async(workload.trivial, i),
+        "moi": lambda i: job.submit(ctx, parent, f"trivial {i}", None, workload.trivial, i)[2],
+        "floor": lambda i: ctx.bv.apply_async(workload.two_round_trips, i, url),
+    }
+
+    def wall(submit_one: Callable[[int], Any]) -> float:
+        """Seconds to submit every job and hold every result."""
         start = time.perf_counter()
-        results = [ctx.bv.apply_async(workload.trivial, i) for i in range(jobs)]
+        results = [submit_one(i) for i in range(jobs)]
         for ar in results:
             ar.get(timeout=600)
         return time.perf_counter() - start
 
-    def floor() -> float:
-        start = time.perf_counter()
-        results = [
-            ctx.bv.apply_async(workload.two_round_trips, i, runtime.redis_url())
-            for i in range(jobs)
-        ]
-        for ar in results:
-            ar.get(timeout=600)
-        return time.perf_counter() - start
-
-    def moi() -> float:
-        start = time.perf_counter()
-        results = [
-            job.submit(ctx, parent, f"trivial {i}", None, workload.trivial, i)[2]
-            for i in range(jobs)
-        ]
-        for ar in results:
-            ar.get(timeout=600)
-        return time.perf_counter() - start
-
-    baseline(), moi(), floor()  # warm up: connections, imports on the engines
-    times: dict[str, list[float]] = {"moi": [], "baseline": [], "floor": []}
+    for submit_one in sides.values():
+        wall(submit_one)  # warm up: connections, imports on the engines
+    times: dict[str, list[float]] = {side: [] for side in sides}
     for round_ in range(ROUNDS):
-        order = [("baseline", baseline), ("moi", moi), ("floor", floor)]
-        for side, run_side in order if round_ % 2 == 0 else order[::-1]:
-            times[side].append(run_side())
+        order = list(sides) if round_ % 2 == 0 else list(sides)[::-1]
+        for side in order:
+            times[side].append(wall(sides[side]))
     best = min(times["moi"]) / min(times["baseline"])
     return [
         Result(
