@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Any
 from uuid import UUID
@@ -70,10 +71,10 @@ class _StatusPrinter:
 
     def __call__(self, info: dict[str, Any]) -> None:
         status = info["status"]
-        if not self.shown and status != Status.QUEUED:
-            self._echo(info["date_created"], Status.QUEUED.value)
-        if Status.RUNNING not in self.shown and status != Status.QUEUED and info["date_start"]:
-            if status != Status.RUNNING:
+        if status != Status.QUEUED:
+            if not self.shown:
+                self._echo(info["date_created"], Status.QUEUED.value)
+            if status != Status.RUNNING and Status.RUNNING not in self.shown and info["date_start"]:
                 self._echo(info["date_start"], Status.RUNNING.value)
         self._echo(info["date_end"] or info["date_start"] or info["date_created"], status)
 
@@ -176,9 +177,12 @@ def cancel(job_id: str, wait: bool) -> None:
 def up() -> None:
     """Start the embedded Redis and local cluster now (otherwise on first use)."""
     cfg = runtime.settings()
-    runtime.redis_url()
-    ctx = resolve(None)
-    ctx.client.wait_for_engines(embedded.engine_count() if cfg.embedded_cluster else 1, timeout=120)
+    embedded_parts = not cfg.redis_url or cfg.embedded_cluster
+    # one `moi up` starts what is missing while a racing one waits, then reuses it
+    with embedded.state_lock(cfg.state_dir) if embedded_parts else contextlib.nullcontext():
+        runtime.redis_url()
+        client = resolve(None).client  # connecting starts the embedded cluster if needed
+    client.wait_for_engines(embedded.engine_count() if cfg.embedded_cluster else 1, timeout=120)
     _status_table()
 
 

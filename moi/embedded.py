@@ -38,15 +38,28 @@ def say(message: str) -> None:
     print(f"moi: {message}", file=sys.stderr, flush=True)
 
 
+#: State directories whose lock this process holds (``state_lock`` nests).
+_held: set[Path] = set()
+
+
 @contextlib.contextmanager
 def state_lock(state_dir: Path) -> Iterator[None]:
-    """Hold the state directory's lock: one starter at a time, across processes."""
+    """Hold the state directory's lock: one starter at a time, across processes.
+
+    Nested use in the same process holds it once (``moi up`` starts Redis and
+    the cluster under one lock, each of which takes it too).
+    """
+    if state_dir in _held:
+        yield
+        return
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     with open(state_dir / "lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
+        _held.add(state_dir)
         try:
             yield
         finally:
+            _held.discard(state_dir)
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 

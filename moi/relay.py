@@ -75,7 +75,7 @@ class Relay:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._commands = asyncio.Lock()  # one pub/sub command at a time
-        self._confirming: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
+        self._confirming: dict[str, asyncio.Future[None]] = {}  # channel -> confirmed
         self.connected = asyncio.Event()
         #: Connections made so far; grows by one on every reconnect.
         self.generation = 0
@@ -87,17 +87,19 @@ class Relay:
         new = [i for i in ids if not self._followers.get(i)]
         for node_id in ids:
             self._followers[node_id].add(follower)
-        if not new:
-            return
+        # changes are only delivered once Redis confirms (also when the subscription is
+        # made by connecting); callers read state after this, so wait for the
+        # confirmations of these channels, ours or another follower's
         loop = asyncio.get_running_loop()
-        waits = []
-        for node_id in new:
-            future = loop.create_future()
-            self._confirming[keys.pubsub(node_id)].append(future)
-            waits.append(future)
+        ours = {keys.pubsub(i): loop.create_future() for i in new}
+        self._confirming.update(ours)
+        pending = [self._confirming[c] for c in map(keys.pubsub, ids) if c in self._confirming]
         await self._send("subscribe", new)
-        # changes are only delivered once Redis confirms; callers read state after this
-        await asyncio.wait(waits, timeout=CONFIRM_TIMEOUT)
+        if pending:
+            await asyncio.wait(pending, timeout=CONFIRM_TIMEOUT)
+        for channel, future in ours.items():
+            if self._confirming.get(channel) is future:
+                del self._confirming[channel]
 
     async def unfollow(self, follower: Follower, ids: list[str]) -> None:
         """Stop delivering changes of ``ids`` to ``follower``."""
@@ -208,9 +210,9 @@ class Relay:
                     log.exception("could not relay %d pub/sub messages", len(batch))
 
     def _confirmed(self, channel: str) -> None:
-        for future in self._confirming.pop(channel, ()):
-            if not future.done():
-                future.set_result(None)
+        future = self._confirming.get(channel)
+        if future is not None and not future.done():
+            future.set_result(None)
 
     async def _dispatch(self, messages: list[dict[str, Any]]) -> None:
         updates: dict[str, None] = {}

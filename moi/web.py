@@ -203,8 +203,12 @@ def check_command(cmd: str, cmd_type: str) -> None:
 def submit_command(user: str, cmd: str, cmd_type: str, name: str, parent_id: str | None) -> str:
     """Validate and submit one command for ``user`` (under ``parent_id`` or the user's group)."""
     check_command(cmd, cmd_type)
+    return _submit_checked(cmd, cmd_type, name, parent_id or get_id_from_user(user))
+
+
+def _submit_checked(cmd: str, cmd_type: str, name: str, parent_id: str) -> str:
     func = job.python_call if cmd_type == "python" else job.system_call
-    job_id, _, _ = job.submit(None, parent_id or get_id_from_user(user), name, None, func, cmd)
+    job_id, _, _ = job.submit(None, parent_id, name, None, func, cmd)
     return job_id
 
 
@@ -216,7 +220,7 @@ def submit_group(user: str, name: str, cmds: list[str], cmd_type: str) -> str:
         raise MoiError("the default context has no engines yet; try again in a moment")
     group = create_info(name, "group", parent=get_id_from_user(user), store=True)
     for n, cmd in enumerate(cmds, 1):
-        submit_command(user, cmd, cmd_type, f"{name} #{n}", group["id"])
+        _submit_checked(cmd, cmd_type, f"{name} #{n}", group["id"])
     return group["id"]
 
 

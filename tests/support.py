@@ -7,6 +7,7 @@ The job functions here run on the engines, which import this module by name
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -80,6 +81,24 @@ def wait_for_file(path: Path, timeout: float = 30.0) -> str:
             return path.read_text()
         time.sleep(0.02)
     raise TimeoutError(f"{path} did not appear within {timeout} s")
+
+
+def wait_until_listening(
+    port: int, proc: subprocess.Popen, output: Callable[[], str], timeout: float = 60.0
+) -> None:
+    """Block until ``proc`` accepts connections on ``127.0.0.1:port``; fail with its output."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}):\n{output()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing listening on {port} after {timeout} s:\n{output()}")
+        time.sleep(0.05)
 
 
 def process_gone(pid: int, timeout: float = 10.0) -> bool:

@@ -20,10 +20,8 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +29,7 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-from support import add, moi_cli, wait_for_status
+from support import add, moi_cli, wait_for_status, wait_until_listening
 
 import moi
 from moi import embedded, keys, runtime
@@ -466,13 +464,7 @@ class MoiServer:
                 env=dict(os.environ),
                 cwd="/",
             )
-        deadline = time.monotonic() + timeout
-        while not _answers(self.port):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"moi serve exited ({self.proc.returncode}):\n{self.output()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"moi serve not listening after {timeout} s:\n{self.output()}")
-            time.sleep(0.05)
+        wait_until_listening(self.port, self.proc, self.output, timeout)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -486,14 +478,6 @@ class MoiServer:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-
-def _answers(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
 
 
 @pytest.fixture
@@ -760,11 +744,7 @@ def example_app(moi_env, tmp_path) -> Iterator[str]:
             cwd="/",
         )
     try:
-        deadline = time.monotonic() + 60
-        while not _answers(port):
-            assert proc.poll() is None, log.read_text(errors="replace")
-            assert time.monotonic() < deadline, log.read_text(errors="replace")
-            time.sleep(0.05)
+        wait_until_listening(port, proc, lambda: log.read_text(errors="replace"))
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
