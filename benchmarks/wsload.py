@@ -14,7 +14,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,9 +160,13 @@ class Writer:
         self._seq = itertools.count(1)
         self.written = 0
 
-    async def write(self, job_id: str, final: bool = False) -> int:
+    def next_seq(self) -> int:
+        """The sequence number the next change carries."""
+        return next(self._seq)
+
+    async def write(self, job_id: str, final: bool = False, seq: int | None = None) -> int:
         """Change ``job_id``'s status (to ``Success`` when ``final``); return its sequence."""
-        seq = next(self._seq)
+        seq = self.next_seq() if seq is None else seq
         fields: dict[str, Any] = {
             "status": "Success" if final else f"step {seq}",
             "bench_seq": seq,
@@ -192,16 +196,17 @@ class Writer:
         A change is complete when its frame reaches the client.  Returns
         ``(completed, timed_out)``.
         """
-        idle = list(job_ids)
+        idle = deque(job_ids)
         end = time.monotonic() + duration
         outcome: dict[str, int] = defaultdict(int)
 
         async def worker() -> None:
             while time.monotonic() < end and idle:
-                job_id = idle.pop(0)
-                seq = await self.write(job_id)
+                job_id, seq = idle.popleft(), self.next_seq()
+                delivered = fleet.expect(job_id, seq)  # before writing: the frame may be quick
+                await self.write(job_id, seq=seq)
                 try:
-                    await asyncio.wait_for(fleet.expect(job_id, seq), 10)
+                    await asyncio.wait_for(delivered, 10)
                     outcome["done"] += 1
                 except asyncio.TimeoutError:
                     outcome["lost"] += 1
