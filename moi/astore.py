@@ -70,10 +70,15 @@ class AsyncStore:
         return bool(removed)
 
     async def user_group(self, user: str) -> str:
-        """Group id of ``user``, creating the user on first sight."""
+        """Group id of ``user``, creating the user on first sight.
+
+        Like :func:`moi.group.get_id_from_user`, refuses a name that cannot be
+        a user's (a UUID, which would read as another user's group id).
+        """
+        keys.check_user_name(user)
         found = await self.r.hget(keys.USER_ID_MAP, user)
         if found is not None:
-            return text(found)
+            return keys.check_node_id(text(found), f"group id (user-id-map[{user!r}])")
         from moi.group import get_id_from_user
 
         return await asyncio.to_thread(get_id_from_user, user)

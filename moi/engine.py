@@ -1,9 +1,12 @@
 """What runs on the engine around a job: status, result, lease, cancel.
 
-Engines need no moi configuration: the job carries the Redis URL and key
-timeout (``JobSpec``).  While a job runs, one heartbeat thread per engine
-renews the job's lease (so a watchdog can fail the job if this engine dies)
-and interrupts the job with SIGINT when a cancel is asked for.
+Engines need no moi configuration: the job carries the Redis URL, key
+timeout and result size limit (``JobSpec``).  While a job runs, one heartbeat
+thread per engine renews the job's lease (so a watchdog can fail the job if
+this engine dies) and interrupts the job with SIGINT when a cancel is asked
+for.  The writes that start and end a job are retried while Redis is
+unreachable (up to ``WRITE_PATIENCE`` seconds), so a Redis outage does not
+lose a job's true outcome.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 import redis
 
+from moi import connection
 from moi.errors import JobCancelled
 from moi.status import Status, is_terminal
 from moi.store import Store, now
@@ -27,6 +31,23 @@ from moi.store import Store, now
 #: Seconds between lease renewals; a lease lasts LEASE_TTL seconds.
 HEARTBEAT_INTERVAL = 1.0
 LEASE_TTL = 10.0
+
+#: Seconds the engine keeps retrying a job's Running or final write while Redis is
+#: unreachable, and the longest pause between two tries.
+WRITE_PATIENCE = 600.0
+RETRY_CAP = 1.0
+
+#: Largest result, as JSON text, stored in the info object (``MOI_MAX_RESULT_BYTES``).
+DEFAULT_MAX_RESULT_BYTES = 1 << 20
+
+#: Redis errors that mean "not now" rather than "never": worth retrying.
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)
+
+T = TypeVar("T")
+
+
+class UnstorableResult(Exception):
+    """Raised on the engine for a result moi cannot record: neither JSON nor ``repr()`` holds it."""
 
 
 class JobSpec(TypedDict):
@@ -39,11 +60,13 @@ class JobSpec(TypedDict):
     parent: str | None
     #: The job's Queued info object, written by the engine if the submitter's write is late.
     info: dict[str, Any]
+    #: Largest result (bytes of JSON) stored in the info object; larger ones get a note.
+    max_result_bytes: int
 
 
 @functools.cache
 def _store(redis_url: str, key_timeout: int) -> Store:
-    return Store(redis.Redis.from_url(redis_url), key_timeout)
+    return Store(connection.client(redis_url), key_timeout)
 
 
 class Heartbeat(threading.Thread):
@@ -53,12 +76,19 @@ class Heartbeat(threading.Thread):
         super().__init__(name="moi-heartbeat", daemon=True)
         self._lock = threading.Lock()
         self._job: tuple[Store, str] | None = None
+        self._quiet = False
         self.interrupted = False
 
     def watch(self, store: Store, job_id: str) -> None:
         """Start renewing ``job_id``'s lease."""
         with self._lock:  # the lease was set with Running: renewing can wait for the next beat
-            self._job, self.interrupted = (store, job_id), False
+            self._job, self.interrupted, self._quiet = (store, job_id), False, False
+
+    def quiet(self) -> bool:
+        """Send no interrupt from now on, but keep renewing.  Return whether one was sent."""
+        with self._lock:
+            self._quiet = True
+            return self.interrupted
 
     def stop(self) -> bool:
         """Stop watching; no interrupt is sent after this returns.  Return whether one was."""
@@ -77,7 +107,7 @@ class Heartbeat(threading.Thread):
                     cancel_asked = store.heartbeat(job_id, LEASE_TTL)
                 except redis.RedisError:
                     continue
-                if cancel_asked and not self.interrupted:
+                if cancel_asked and not self.interrupted and not self._quiet:
                     self.interrupted = True
                     os.kill(os.getpid(), signal.SIGINT)
 
@@ -93,13 +123,69 @@ def _get_heartbeat() -> Heartbeat:
     return _heartbeat
 
 
-def jsonable(result: Any) -> tuple[Any, str | None]:
-    """Return ``result`` if JSON can hold it, else its ``repr`` and a note saying so."""
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception, even one whose ``str()`` raises."""
     try:
-        json.dumps(result, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        return repr(result), f"result was not JSON-serialisable ({exc}); stored as its repr()"
-    return result, None
+        text = str(exc)
+    except Exception:  # noqa: BLE001 -- an error about an error must not escape
+        text = "(its message cannot be shown)"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def jsonable(result: Any) -> tuple[Any, str | None, int]:
+    """``result`` if JSON can hold it, else its ``repr``; a note saying so; the JSON's bytes.
+
+    Raises
+    ------
+    UnstorableResult
+        When neither JSON nor ``repr()`` can hold it (a raising ``__repr__``,
+        nesting deeper than Python recurses, an int past the int-to-str limit).
+    """
+    try:
+        return result, None, len(json.dumps(result, allow_nan=False))
+    except Exception as exc:  # noqa: BLE001 -- TypeError, ValueError, RecursionError, anything
+        reason = describe(exc)
+    try:
+        text = repr(result)
+    except Exception as exc:  # noqa: BLE001 -- whatever a __repr__ raises
+        raise UnstorableResult(
+            f"the job returned a result moi cannot store: JSON cannot hold it ({reason}) "
+            f"and repr() failed ({describe(exc)})"
+        ) from None
+    note = f"result was not JSON-serialisable ({reason}); stored as its repr()"
+    return text, note, len(json.dumps(text))
+
+
+def storable(result: Any, limit: int) -> tuple[Any, str | None]:
+    """What the info object's ``result`` field gets for ``result``, and a note.
+
+    A result over ``limit`` bytes of JSON is replaced by a note saying where it is.
+    """
+    value, note, size = jsonable(result)
+    if size <= limit:
+        return value, note
+    text = (
+        f"result of {size} bytes is larger than the limit of {limit} bytes; "
+        "it is kept by ipyparallel: use the AsyncResult"
+    )
+    return text, "result not stored: larger than MOI_MAX_RESULT_BYTES"
+
+
+def persist(write: Callable[[], T], patience: float = WRITE_PATIENCE) -> tuple[T, bool]:
+    """Run the Redis ``write`` until it goes through; return its value and whether it was retried.
+
+    Retries while Redis is unreachable, with back-off capped at ``RETRY_CAP``
+    seconds, for at most ``patience`` seconds; then the last error is raised.
+    """
+    deadline, delay, retried = time.monotonic() + patience, 0.05, False
+    while True:
+        try:
+            return write(), retried
+        except TRANSIENT:
+            if time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay, retried = min(delay * 2, RETRY_CAP), True
 
 
 def update_status(store: Store, job_id: str, new_status: str) -> str:
@@ -126,12 +212,7 @@ def run_job(spec: JobSpec, func: Callable[..., Any], *args: Any, **kwargs: Any) 
     ``Cancelled``; an exception is raised again so dependent jobs see it.
     """
     store, job_id = _store(spec["redis_url"], spec["key_timeout"]), spec["id"]
-    fields = {"status": Status.RUNNING.value, "date_start": now()}
-    started, before = store.update(
-        job_id, fields, guard="queued", lease=("add", LEASE_TTL), if_missing=spec.get("info")
-    )
-    if not started:
-        raise JobCancelled(f"job {job_id} did not run: it was {before} before it started")
+    _start(store, spec)
     kwargs.update(
         moi_update_status=functools.partial(update_status, store, job_id),
         moi_context=spec["context"],
@@ -139,27 +220,56 @@ def run_job(spec: JobSpec, func: Callable[..., Any], *args: Any, **kwargs: Any) 
     )
     heartbeat = _get_heartbeat()
     heartbeat.watch(store, job_id)
-    try:
+    try:  # the lease is renewed until the final write lands, however long Redis takes
         try:
-            result = func(*args, **kwargs)
-        finally:
-            interrupted = heartbeat.stop()
-    except BaseException as exc:
-        cancelled = interrupted_by_cancel(exc, heartbeat)
-        _finish(
-            store,
-            job_id,
-            Status.CANCELLED if cancelled else Status.FAILED,
-            traceback.format_exception(exc),
-        )
-        if cancelled:
-            raise JobCancelled(f"job {job_id} was cancelled while running") from None
-        raise
+            try:
+                result = func(*args, **kwargs)
+            finally:
+                interrupted = heartbeat.quiet()
+        except BaseException as exc:
+            _fail_or_cancel(store, job_id, exc, interrupted_by_cancel(exc, heartbeat))
+            raise
+        _succeed(store, job_id, result, spec.get("max_result_bytes", DEFAULT_MAX_RESULT_BYTES))
+    finally:
+        heartbeat.stop()
     if interrupted:
-        store.clear_cancel(job_id)
-    value, note = jsonable(result)
-    _finish(store, job_id, Status.SUCCESS, value, note)
+        _forget_cancel(store, job_id)
     return result
+
+
+def _start(store: Store, spec: JobSpec) -> None:
+    """Write ``Running``, retried while Redis is away; :class:`JobCancelled` if not Queued."""
+    fields = {"status": Status.RUNNING.value, "date_start": now()}
+    (started, before), retried = persist(
+        lambda: store.update(
+            spec["id"],
+            fields,
+            guard="queued",
+            lease=("add", LEASE_TTL),
+            if_missing=spec.get("info"),
+        )
+    )
+    # a retry may find the first try's write, whose reply was lost: Running is this engine's
+    if not started and not (retried and before == Status.RUNNING):
+        raise JobCancelled(f"job {spec['id']} did not run: it was {before} before it started")
+
+
+def _fail_or_cancel(store: Store, job_id: str, exc: BaseException, cancelled: bool) -> None:
+    """Record a job that raised; raise :class:`JobCancelled` instead when a cancel stopped it."""
+    status = Status.CANCELLED if cancelled else Status.FAILED
+    _finish(store, job_id, status, traceback.format_exception(exc))
+    if cancelled:
+        raise JobCancelled(f"job {job_id} was cancelled while running") from None
+
+
+def _succeed(store: Store, job_id: str, result: Any, limit: int) -> None:
+    """Record a job that returned; a result moi cannot store fails it with the reason."""
+    try:
+        value, note = storable(result, limit)
+    except UnstorableResult as exc:
+        _finish(store, job_id, Status.FAILED, [f"{exc}\n"])
+        raise
+    _finish(store, job_id, Status.SUCCESS, value, note)
 
 
 def interrupted_by_cancel(exc: BaseException, heartbeat: Heartbeat) -> bool:
@@ -170,9 +280,22 @@ def interrupted_by_cancel(exc: BaseException, heartbeat: Heartbeat) -> bool:
 def _finish(
     store: Store, job_id: str, status: Status, result: Any, note: str | None = None
 ) -> None:
+    """Write the job's final status, retried while Redis is away.
+
+    It lands even over a ``Failed`` the watchdog wrote meanwhile for an
+    expired lease (guard ``final``): the engine knows the outcome.
+    """
     fields: dict[str, Any] = {"status": status.value, "result": result, "date_end": now()}
     if note:
         fields["note"] = note
-    store.update(job_id, fields, guard="live", lease=("remove", 0))
+    persist(lambda: store.update(job_id, fields, guard="final", lease=("remove", 0)))
     if status is Status.CANCELLED:
+        _forget_cancel(store, job_id)
+
+
+def _forget_cancel(store: Store, job_id: str) -> None:
+    """Drop a cancel request once the job has ended (best effort: the flag expires anyway)."""
+    try:
         store.clear_cancel(job_id)
+    except redis.RedisError:
+        pass

@@ -9,6 +9,14 @@ class UnknownIdError(MoiError):
     """An id that names no job or group in Redis."""
 
 
+class InvalidIdError(MoiError, ValueError):
+    """A string that cannot be a job or group id (one of moi's own keys, say)."""
+
+
+class InvalidUserError(MoiError, ValueError):
+    """A string that cannot be a user name (empty, a UUID, control characters)."""
+
+
 class UnknownContextError(MoiError, KeyError):
     """A context name that the configuration does not list."""
 

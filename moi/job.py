@@ -15,14 +15,15 @@ import subprocess
 import textwrap
 import time
 import traceback
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import ipyparallel as ipp
 
 from moi import ctxs, keys, runtime
-from moi.context import Context, resolve
-from moi.engine import JobSpec, run_job
+from moi.context import Context, _connection_file, resolve
+from moi.engine import DEFAULT_MAX_RESULT_BYTES, JobSpec, run_job
 from moi.errors import MoiError
 from moi.group import create_info
 from moi.status import Status, is_terminal
@@ -54,7 +55,10 @@ def submit(
         Context (or its name) to run on; ``None`` for the default.
     parent_id : str
         Group the job belongs to (a user's group id, say); created as an
-        ``unnamed`` group if it does not exist.
+        ``unnamed`` group if it does not exist.  Any node id
+        :func:`moi.keys.check_node_id` accepts: not one of moi's own keys
+        (``user-id-map``, ``moi:...``), no ``:``, spaces or control
+        characters, at most 128 characters.
     name : str
         Human readable job name.
     url : str or None
@@ -73,9 +77,10 @@ def submit(
 
     Raises
     ------
-    UnknownContextError, ClusterUnavailableError
+    InvalidIdError, UnknownContextError, ClusterUnavailableError
         Before anything is written.
     """
+    keys.check_node_id(parent_id, "parent id")
     context = resolve(ctx)
     bv = context.bv  # connect before writing anything
     store = runtime.store()
@@ -88,20 +93,62 @@ def submit(
         context=context.name,
         parent=parent_id,
         info=info,
+        max_result_bytes=max_result_bytes(),
     )
     # the Queued write's round trip overlaps handing the task over; an engine
     # that starts the job before the write lands writes the info itself
     submit_error: Exception | None = None
-    with store.creating(info, parent_if_missing=parent):
+    since = time.time()
+    with store.creating(info, parent_if_missing=parent) as also:
         try:
             ar = bv.apply_async(functools.partial(run_job, spec), func, *args, **kwargs)
         except Exception as exc:
             submit_error = exc
+        else:  # the watchdog's record of the task, sent after the Queued write
+            also += store.queued_task_commands(info["id"], _task(context, ar), since)
     if submit_error is not None:
         _fail(info["id"], submit_error)
         raise submit_error
     ar.add_done_callback(lambda done: _settle(info["id"], done))
     return info["id"], parent_id, ar
+
+
+def _task(context: Context, ar: ipp.AsyncResult) -> dict[str, str]:
+    """What the watchdog needs to ask the controller about a Queued job's task."""
+    return {
+        "msg_id": ar.msg_ids[0],
+        "context": context.name,
+        "connection_file": _connection_file_of(context),
+    }
+
+
+#: Connection file of each connected client (looked up once: the embedded case costs I/O).
+_connection_files: weakref.WeakKeyDictionary[ipp.Client, str] = weakref.WeakKeyDictionary()
+
+
+def _connection_file_of(context: Context) -> str:
+    """Absolute path of the connection file ``context``'s client was made from."""
+    client = context.client
+    path = _connection_files.get(client)
+    if path is None:
+        path = _connection_files[client] = os.path.abspath(_connection_file(context.name))
+    return path
+
+
+def max_result_bytes() -> int:
+    """The largest result stored in an info object: ``MOI_MAX_RESULT_BYTES`` or 1 MiB.
+
+    Raises
+    ------
+    MoiError
+        When the variable is not a positive whole number of bytes.
+    """
+    raw = os.environ.get("MOI_MAX_RESULT_BYTES")
+    if raw is None:
+        return DEFAULT_MAX_RESULT_BYTES
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise MoiError(f"MOI_MAX_RESULT_BYTES must be a positive number of bytes, not {raw!r}")
+    return int(raw)
 
 
 def _fail(job_id: str, exc: BaseException, lines: list[str] | None = None) -> None:
@@ -127,9 +174,12 @@ _REASONS = {
 def settle_reason(exc: BaseException) -> str:
     """One line saying why ipyparallel failed a task (``name: text``)."""
     if isinstance(exc, ipp.error.RemoteError):
-        name, text = str(exc.ename), str(exc.evalue or "")
-    else:
-        name, text = type(exc).__name__, str(exc)
+        return reason_line(str(exc.ename), str(exc.evalue or ""))
+    return reason_line(type(exc).__name__, str(exc))
+
+
+def reason_line(name: str, text: str) -> str:
+    """One line for the error ``name`` with message ``text``, explained when ipyparallel's."""
     reason = _REASONS.get(name)
     if reason and text:
         return f"{name}: {reason} ({text})\n"
@@ -226,7 +276,10 @@ def cancel(job_id: str) -> str:
         When ``job_id`` names no job.
     MoiError
         When the job has already finished, or the id is a group's.
+    InvalidIdError
+        When ``job_id`` cannot name a node at all.
     """
+    keys.check_node_id(job_id, "job id")
     store = runtime.store()
     info = store.require(job_id)
     if info.get("type") != "job":
@@ -308,3 +361,31 @@ def wait_until_received(ar: ipp.AsyncResult, client: ipp.Client, timeout: float 
                 ) from None
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
+
+
+#: Why a job ended when ``moi down`` stopped the cluster it ran on.
+STOPPED_BY_DOWN = "stopped by moi down (the cluster it ran on was shut down)"
+
+
+def unfinished_jobs(context: str) -> list[dict[str, Any]]:
+    """Info objects of the jobs running or queued in ``context``.
+
+    Running jobs are found by their leases, queued ones by the record
+    ``submit`` keeps of their task.
+    """
+    store = runtime.store()
+    found: list[Any] = [*store.r.zrange(keys.LEASES, 0, -1), *store.r.zrange(keys.QUEUED, 0, -1)]
+    ids = {raw.decode() if isinstance(raw, bytes) else str(raw) for raw in found}
+    return [
+        info
+        for info in store.get_many(sorted(ids))
+        if info.get("context") == context and not is_terminal(info.get("status"))
+    ]
+
+
+def end_jobs(job_ids: list[str], reason: str) -> None:
+    """End the unfinished jobs among ``job_ids`` as ``Failed`` with ``reason``."""
+    fields = {"status": Status.FAILED.value, "date_end": now(), "result": [reason + "\n"]}
+    store = runtime.store()
+    for job_id in job_ids:
+        store.update(job_id, fields, guard="live", lease=("remove", 0))

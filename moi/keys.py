@@ -1,14 +1,41 @@
 """Every Redis key and channel name moi uses, built in one place.
 
 The first four are the public protocol (see README, "Redis protocol"); the
-rest are moi's own bookkeeping for cancellation and engine leases.
+rest are moi's own bookkeeping (cancels, leases, Queued jobs' tasks).  What may
+name a node or a user is decided here too (:func:`check_node_id`,
+:func:`check_user_name`), so no id can turn into one of these keys.
 """
+
+from __future__ import annotations
+
+import re
+from uuid import UUID
+
+from moi.errors import InvalidIdError, InvalidUserError
 
 #: HASH mapping user name -> group uuid and group uuid -> user name.
 USER_ID_MAP = "user-id-map"
 
+#: Prefix of the keys and channels moi keeps for itself.
+PREFIX = "moi:"
+
+#: Longest job or group id accepted.
+MAX_ID_LENGTH = 128
+
+#: C0 controls, DEL and C1 controls (Unicode category ``Cc``).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
 #: ZSET of running job ids scored by the Redis time their lease expires.
 LEASES = "moi:leases"
+
+#: ZSET of Queued job ids scored by when the watchdog should next check them (epoch s).
+QUEUED = "moi:queued"
+
+#: HASH job id -> JSON of a Queued job's task: msg_id, context, connection_file, since.
+QUEUED_TASKS = "moi:queued:tasks"
+
+#: ZSET of job ids the watchdog failed for an expired lease, scored by the Redis time it did.
+REAPED = "moi:reaped"
 
 
 def info(node_id: str) -> str:
@@ -38,3 +65,104 @@ def node_id_of_channel(channel: str) -> str:
 
 #: Channel every relay subscribes to, so its pub/sub connection always exists.
 RELAY_CHANNEL = "moi:relay"
+
+
+def is_uuid(value: object) -> bool:
+    """Whether ``value`` is a string that parses as a UUID (any form :class:`uuid.UUID` reads)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def check_node_id(node_id: object, what: str = "id") -> str:
+    """Return ``node_id`` if it may name a job or group; refuse it otherwise.
+
+    A node id is a non-empty string of at most :data:`MAX_ID_LENGTH`
+    printable characters, without spaces or ``:`` (which ends an id in the
+    keys ``<id>:children``, ``<id>:pubsub``, ...), and none of moi's own keys
+    (``user-id-map``, anything starting with ``moi:``).  uuids, as moi makes
+    them, and names such as ``no-user`` qualify.
+
+    Parameters
+    ----------
+    node_id : str
+        The id to check.
+    what : str
+        What the id is for, as the error message should call it.
+
+    Returns
+    -------
+    str
+        ``node_id`` itself.
+
+    Raises
+    ------
+    InvalidIdError
+        When ``node_id`` cannot be a node id; the message says why.
+    """
+    if not isinstance(node_id, str):
+        raise InvalidIdError(f"{what} must be a string, not {type(node_id).__name__}")
+    problem = _id_problem(node_id)
+    if problem is not None:
+        raise InvalidIdError(f"invalid {what} {_shown(node_id)}: {problem}")
+    return node_id
+
+
+def check_user_name(user: object) -> str:
+    """Return ``user`` if it may be a user name; refuse it otherwise.
+
+    ``user-id-map`` holds both user -> group id and group id -> user, so a
+    user name must never read as a group id: it cannot be a UUID.  It cannot
+    be empty or hold control characters either.
+
+    Parameters
+    ----------
+    user : str
+        The name to check.
+
+    Returns
+    -------
+    str
+        ``user`` itself.
+
+    Raises
+    ------
+    InvalidUserError
+        When ``user`` cannot be a user name; the message says why.
+    """
+    if not isinstance(user, str):
+        raise InvalidUserError(f"a user name must be a string, not {type(user).__name__}")
+    if not user:
+        raise InvalidUserError("a user name cannot be empty")
+    if _CONTROL.search(user):
+        raise InvalidUserError(f"invalid user name {_shown(user)}: it contains control characters")
+    if is_uuid(user):
+        raise InvalidUserError(
+            f"invalid user name {_shown(user)}: user names cannot be UUIDs, which are group "
+            "ids; choose another name"
+        )
+    return user
+
+
+def _id_problem(node_id: str) -> str | None:
+    """Why ``node_id`` cannot name a node, or ``None``."""
+    if not node_id:
+        return "it is empty"
+    if len(node_id) > MAX_ID_LENGTH:
+        return f"it is longer than {MAX_ID_LENGTH} characters"
+    if node_id == USER_ID_MAP or node_id.startswith(PREFIX):
+        return "it is one of moi's own keys"
+    if ":" in node_id:
+        return "an id cannot hold ':' (moi names a node's own keys <id>:children, <id>:pubsub, ...)"
+    if " " in node_id or not node_id.isprintable():
+        return "it contains spaces or control characters"
+    return None
+
+
+def _shown(value: str) -> str:
+    """``value`` quoted for an error message: escaped, and cut when long."""
+    return repr(value) if len(value) <= 60 else repr(value[:60]) + "..."

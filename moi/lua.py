@@ -14,7 +14,9 @@ _TERMINAL_TABLE = ", ".join(f"[{s.value!r}] = true" for s in TERMINAL)
 # Shared helpers: split a JSON object into ordered (key, raw value) fields.
 _PRELUDE = """
 local TERMINAL = {__TERMINAL__}
-local QUEUED = '__QUEUED__'
+local QUEUED, FAILED = '__QUEUED__', '__FAILED__'
+local QUEUED_KEY, QUEUED_TASKS_KEY = '__QUEUED_KEY__', '__QUEUED_TASKS_KEY__'
+local REAPED_KEY = '__REAPED_KEY__'
 
 local function string_end(s, p)
   local i = p + 1
@@ -101,14 +103,43 @@ local function now()
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1e6
 end
-""".replace("__TERMINAL__", _TERMINAL_TABLE).replace("__QUEUED__", Status.QUEUED.value)
+
+-- The status among field/raw-JSON pairs args[start..], or nil.
+local function new_status(args, start)
+  for a = start, #args, 2 do
+    if args[a] == 'status' then return cjson.decode(args[a + 1]) end
+  end
+  return nil
+end
+
+-- Forget the task bookkeeping of a job that left Queued.
+local function unqueue(id)
+  redis.call('ZREM', QUEUED_KEY, id)
+  redis.call('HDEL', QUEUED_TASKS_KEY, id)
+end
+"""
+for _name, _value in {
+    "__TERMINAL__": _TERMINAL_TABLE,
+    "__QUEUED__": Status.QUEUED.value,
+    "__FAILED__": Status.FAILED.value,
+    "__QUEUED_KEY__": keys.QUEUED,
+    "__QUEUED_TASKS_KEY__": keys.QUEUED_TASKS,
+    "__REAPED_KEY__": keys.REAPED,
+}.items():
+    _PRELUDE = _PRELUDE.replace(_name, _value)
+
+#: Seconds the watchdog remembers a job it reaped: its engine's final write may come later.
+REAPED_MEMORY = 86400
 
 #: Merge fields into an info object and publish ``{"update": [id]}``.
 #: KEYS: info, channel, leases.  ARGV: id, ttl, guard, lease_op, lease_ttl,
 #: if_missing, then field/raw-JSON pairs.  guard is ``any``, ``live`` (not
-#: finished) or ``queued``; lease_op is ``add``, ``remove`` or ``''``;
-#: if_missing is the info object to start from when the node has none yet
-#: (an engine may start a job before the submitter's write lands), or ``''``.
+#: finished), ``queued`` or ``final`` (not finished, or failed by the watchdog
+#: for an expired lease: the engine's own outcome, written late, wins);
+#: lease_op is ``add``, ``remove`` or ``''``; if_missing is the info object to
+#: start from when the node has none yet (an engine may start a job before the
+#: submitter's write lands), or ``''``.  A job leaving ``Queued`` loses its
+#: task bookkeeping (:data:`moi.keys.QUEUED`) in the same step.
 #: Returns ``{applied (0/1), status before}``; ``{-1, ''}`` for an unknown id.
 UPDATE = (
     "redis.replicate_commands()\n"
@@ -122,11 +153,16 @@ if not cur then
 end
 local fields, index = split_object(cur)
 local status = field_value(fields, index, 'status')
-if (guard == 'queued' and status ~= QUEUED) or (guard == 'live' and TERMINAL[status]) then
+local reaped = guard == 'final' and status == FAILED and redis.call('ZSCORE', REAPED_KEY, id)
+if (guard == 'queued' and status ~= QUEUED) or (guard == 'live' and TERMINAL[status])
+    or (guard == 'final' and TERMINAL[status] and not reaped) then
   return {0, status}
 end
 redis.call('SET', KEYS[1], splice(fields, index, ARGV, 7), 'EX', ttl)
 redis.call('PUBLISH', KEYS[2], cjson.encode({update = {id}}))
+local after = new_status(ARGV, 7)
+if status == QUEUED and after and after ~= QUEUED then unqueue(id) end
+if reaped then redis.call('ZREM', REAPED_KEY, id) end
 if lease_op == 'add' then
   redis.call('ZADD', KEYS[3], now() + tonumber(ARGV[5]), id)
 elseif lease_op == 'remove' then
@@ -136,8 +172,8 @@ return {1, status}
 """
 )
 
-#: Cancel a job: a queued one ends ``Cancelled`` at once, a running one gets
-#: its cancel flag set for the engine to act on.
+#: Cancel a job: a queued one ends ``Cancelled`` at once (and loses its task
+#: bookkeeping), a running one gets its cancel flag set for the engine to act on.
 #: KEYS: info, channel, cancel flag.  ARGV: id, ttl, then field/raw pairs
 #: written when cancelling a queued job.
 #: Returns ``'cancelled'``, ``'requested'``, ``'finished:<status>'`` or ``'missing'``.
@@ -153,6 +189,7 @@ if TERMINAL[status] then return 'finished:' .. status end
 if status == QUEUED then
   redis.call('SET', KEYS[1], splice(fields, index, ARGV, 3), 'EX', ttl)
   redis.call('PUBLISH', KEYS[2], cjson.encode({update = {id}}))
+  unqueue(id)
   return 'cancelled'
 end
 redis.call('SET', KEYS[3], '1', 'EX', ttl)
@@ -174,13 +211,17 @@ return redis.call('EXISTS', KEYS[2])
 )
 
 #: Fail every job whose lease expired and publish it; returns their ids.
+#: Each is remembered in :data:`moi.keys.REAPED` for ``REAPED_MEMORY`` seconds,
+#: so its engine's own final write (``final`` guard of UPDATE) still lands.
 #: KEYS: leases.  ARGV: ttl, channel suffix, then field/raw pairs to write.
 REAP = (
     "redis.replicate_commands()\n"
     + _PRELUDE
     + """
 local ttl, suffix = ARGV[1], ARGV[2]
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now())
+local t = now()
+redis.call('ZREMRANGEBYSCORE', REAPED_KEY, '-inf', t - __REAPED_MEMORY__)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', t)
 local reaped = {}
 for _, id in ipairs(expired) do
   redis.call('ZREM', KEYS[1], id)
@@ -190,40 +231,50 @@ for _, id in ipairs(expired) do
     if not TERMINAL[field_value(fields, index, 'status')] then
       redis.call('SET', id, splice(fields, index, ARGV, 3), 'EX', ttl)
       redis.call('PUBLISH', id .. suffix, cjson.encode({update = {id}}))
+      redis.call('ZADD', REAPED_KEY, t, id)
       reaped[#reaped + 1] = id
     end
   end
 end
 return reaped
-"""
+""".replace("__REAPED_MEMORY__", str(REAPED_MEMORY))
 )
 
 #: Info objects of a node and all its descendants, breadth first, in one step.
 #: Each level is read with MGET; only groups (and nodes without info) have
-#: their children looked up.  KEYS: root id.  ARGV: children suffix, node limit.
+#: their children looked up.  A child whose info expired and that has no
+#: children of its own is removed from its parent's set on the way (its id
+#: would stay there forever otherwise).  KEYS: root id.  ARGV: children
+#: suffix, node limit.
 TREE = """
+redis.replicate_commands()
 local suffix, limit = ARGV[1], tonumber(ARGV[2])
-local out, seen, level = {}, {[KEYS[1]] = true}, {KEYS[1]}
+local out, seen, level, parents = {}, {[KEYS[1]] = true}, {KEYS[1]}, {false}
 while #level > 0 and #out < limit do
-  local below = {}
+  local below, below_parents = {}, {}
   for first = 1, #level, 4000 do
     local last = math.min(first + 3999, #level)
     local infos = redis.call('MGET', unpack(level, first, last))
     for n = 1, last - first + 1 do
-      local info = infos[n]
+      local id, parent, info = level[first + n - 1], parents[first + n - 1], infos[n]
       if info and #out < limit then out[#out + 1] = info end
       -- a plain search: a false hit costs one empty SMEMBERS, and a group always hits
       if not info or string.find(info, '"group"', 1, true) then
-        for _, child in ipairs(redis.call('SMEMBERS', level[first + n - 1] .. suffix)) do
+        local children = redis.call('SMEMBERS', id .. suffix)
+        if not info and #children == 0 and parent then
+          redis.call('SREM', parent .. suffix, id)
+        end
+        for _, child in ipairs(children) do
           if not seen[child] then
             seen[child] = true
             below[#below + 1] = child
+            below_parents[#below_parents + 1] = id
           end
         end
       end
     end
   end
-  level = below
+  level, parents = below, below_parents
 end
 return out
 """

@@ -16,13 +16,16 @@ import json
 import logging
 import secrets
 from collections import defaultdict
+from collections.abc import Coroutine
+from functools import partial
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from moi import keys
+from moi import connection, keys
 from moi.astore import AsyncStore
 
 log = logging.getLogger("moi.relay")
@@ -32,6 +35,35 @@ BATCH = 1000
 #: Longest wait for Redis to confirm a subscription before going on anyway.
 CONFIRM_TIMEOUT = 5.0
 _DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+#: Background tasks running, held so none is collected half-way.
+_tasks: set[asyncio.Task[Any]] = set()
+
+
+def background(coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
+    """Run ``coro`` as a task that is kept alive and whose failure is logged.
+
+    Parameters
+    ----------
+    coro : coroutine
+        The work to run on the current event loop.
+    what : str
+        What it does, for the log line should it fail.
+
+    Returns
+    -------
+    asyncio.Task
+        The task (cancel it to stop the work; cancelling is not logged).
+    """
+    task = asyncio.ensure_future(coro)
+    _tasks.add(task)
+    task.add_done_callback(partial(_finished, what))
+    return task
+
+
+def _finished(what: str, task: asyncio.Task[Any]) -> None:
+    _tasks.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s failed", what, exc_info=task.exception())
 
 
 class Follower(Protocol):
@@ -64,7 +96,7 @@ class Relay:
     def __init__(self, redis_url: str, key_timeout: int, max_connections: int = 4) -> None:
         #: Name every Redis connection of this relay carries.
         self.name = f"{CLIENT_NAME}-{secrets.token_hex(4)}"
-        pool = aioredis.BlockingConnectionPool.from_url(
+        pool = connection.async_pool(
             redis_url, max_connections=max_connections, client_name=self.name
         )
         self.client = aioredis.Redis(connection_pool=pool)
@@ -76,6 +108,7 @@ class Relay:
         self._stopping = False
         self._commands = asyncio.Lock()  # one pub/sub command at a time
         self._confirming: dict[str, asyncio.Future[None]] = {}  # channel -> confirmed
+        self._resyncs: dict[Follower, asyncio.Task[None]] = {}  # view -> its running resync
         self.connected = asyncio.Event()
         #: Connections made so far; grows by one on every reconnect.
         self.generation = 0
@@ -133,7 +166,7 @@ class Relay:
     def start(self) -> None:
         """Start listening on the running event loop (the first ``follow`` does it)."""
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._task = background(self._run(), "the relay")
 
     async def stop(self) -> None:
         """Stop listening and close the connections (waits at most a few seconds)."""
@@ -142,6 +175,8 @@ class Relay:
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=2)
             self._task = None
+        for task in self._resyncs.values():
+            task.cancel()
         closers = [self.client.aclose()]
         if self._pubsub is not None:
             closers.append(self._pubsub.aclose())
@@ -157,7 +192,7 @@ class Relay:
                 await self._pubsub.aclose()
             except _DOWN:
                 pass
-        self._pubsub = aioredis.Redis.from_url(self._url, client_name=self.name).pubsub()
+        self._pubsub = connection.async_client(self._url, client_name=self.name).pubsub()
         async with self._commands:
             # from here on follow() subscribes by itself; everything followed so far is below
             self.connected.set()
@@ -173,17 +208,30 @@ class Relay:
                 await self._connect()
                 if not first:
                     log.warning("reconnected to Redis; resyncing %d views", len(self._views()))
-                    for view in self._views():
-                        asyncio.create_task(view.resync())
+                    self._resync_all()
                 first, backoff = False, 0.1
                 await self._listen()
-            except _DOWN as exc:
+            except (*_DOWN, RedisError) as exc:  # RedisError: LOADING, a refused command
                 self.connected.clear()
                 if self._stopping or _being_cancelled():
                     raise asyncio.CancelledError from exc  # redis-py turned our cancel into this
                 log.warning("lost Redis (%s); retrying in %.1f s", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    def _resync_all(self) -> None:
+        """Start each view's resync, replacing one still running from an earlier reconnect."""
+        for view in self._views():
+            earlier = self._resyncs.pop(view, None)
+            if earlier is not None:
+                earlier.cancel()
+            task = background(view.resync(), "a view's resync")
+            self._resyncs[view] = task
+            task.add_done_callback(partial(self._resync_done, view))
+
+    def _resync_done(self, view: Follower, task: asyncio.Task[None]) -> None:
+        if self._resyncs.get(view) is task:
+            del self._resyncs[view]
 
     def _views(self) -> set[Follower]:
         return {f for followers in self._followers.values() for f in followers}
@@ -247,7 +295,7 @@ def _parse(data: bytes) -> list[tuple[str, list[str]]]:
     """The ``(verb, ids)`` pairs of a channel message; malformed ones are dropped."""
     try:
         payload = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return []
     if not isinstance(payload, dict):
         return []

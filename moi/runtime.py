@@ -10,7 +10,7 @@ import functools
 
 import redis
 
-from moi import config, embedded
+from moi import config, connection, embedded
 from moi.store import Store
 
 
@@ -30,7 +30,7 @@ def redis_url() -> str:
 @functools.cache
 def redis_client() -> redis.Redis:
     """The process's synchronous Redis client (a connection pool)."""
-    return redis.Redis.from_url(redis_url())
+    return connection.client(redis_url())
 
 
 @functools.cache

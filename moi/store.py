@@ -8,11 +8,12 @@ size is one round trip.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import orjson
 import redis
@@ -21,7 +22,9 @@ from moi import keys, lua
 from moi.errors import UnknownIdError
 from moi.status import Status
 
-Guard = Literal["any", "live", "queued"]
+Guard = Literal["any", "live", "queued", "final"]
+
+log = logging.getLogger("moi.store")
 
 #: Most nodes one tree read returns (guards the server against runaway trees).
 TREE_LIMIT = 200_000
@@ -106,6 +109,33 @@ def pack(commands: list[tuple[str | int, ...]]) -> bytes:
     return b"".join(out)
 
 
+def _loads(raw: bytes | str | None) -> Any:
+    """Parse JSON bookkeeping; ``None`` when missing or garbled."""
+    try:
+        return None if raw is None else json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _read_owed(connection: Any, count: int) -> None:
+    """Read replies of earlier best-effort commands; an error reply is only logged."""
+    for _ in range(count):
+        try:
+            connection.read_response()
+        except redis.ResponseError as exc:
+            log.warning("a bookkeeping write failed: %s", exc)
+
+
+def _send_owed(connection: Any, payload: bytes, count: int) -> int:
+    """Send best-effort commands without waiting; return how many replies are owed."""
+    try:
+        connection.send_packed_command([payload], check_health=False)
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        log.warning("a bookkeeping write was not sent: %s", exc)
+        return 0
+    return count
+
+
 def _retrying_once(
     action: Callable[[], Any], before_retry: Callable[[], Any] | None = None
 ) -> None:
@@ -140,6 +170,7 @@ class Store:
         self._detach = client.register_script(lua.DETACH)
         self._creating_lock = threading.Lock()
         self._creating_connection: Any = None
+        self._creating_owed = 0  # replies of commands sent after the last creating()
 
     # -- reads -------------------------------------------------------------
     def get(self, node_id: str) -> dict[str, Any] | None:
@@ -174,6 +205,8 @@ class Store:
         """Store a new info object under its parent and announce it, atomically.
 
         ``parent_if_missing`` is stored as the parent's info when it has none.
+        An id or parent that cannot name a node raises
+        :class:`~moi.errors.InvalidIdError` before anything is sent.
         """
         with self.r.pipeline(transaction=True) as pipe:
             for command in self._create_commands(info, parent_if_missing):
@@ -183,14 +216,17 @@ class Store:
     @contextmanager
     def creating(
         self, info: dict[str, Any], parent_if_missing: dict[str, Any] | None = None
-    ) -> Iterator[None]:
+    ) -> Iterator[list[tuple[str | int, ...]]]:
         """Send :meth:`create`'s write, run the body, then wait for Redis to confirm it.
 
         The write leaves before the body runs and its round trip overlaps the
         body (handing the task to the cluster).  An info object already there
         is kept: an engine that started the job first wrote it (``if_missing``
-        of :meth:`update`).  Writes go through one connection of their own,
-        one at a time.
+        of :meth:`update`).  Commands the body appends to the list it is given
+        (:meth:`queued_task_commands`) are sent after the write, best effort:
+        their replies are read at the next use, so their round trip overlaps
+        the next submit instead of lengthening this one.  Writes go through
+        one connection of their own, one at a time.
         """
         commands = [
             ("MULTI",),
@@ -198,20 +234,84 @@ class Store:
             ("EXEC",),
         ]
         payload, replies = pack(commands), len(commands)
+        more: list[tuple[str | int, ...]] = []
         with self._creating_lock:
             if self._creating_connection is None:
                 pool = self.r.connection_pool
                 self._creating_connection = pool.connection_class(**pool.connection_kwargs)
             connection = self._creating_connection
-            _retrying_once(lambda: connection.send_packed_command([payload], check_health=False))
+
+            def send(data: bytes) -> None:
+                connection.send_packed_command([data], check_health=False)
+
+            def confirm() -> None:
+                owed, self._creating_owed = self._creating_owed, 0
+                _read_owed(connection, owed)
+                for _ in range(replies):
+                    connection.read_response()
+
+            def forget_owed() -> None:  # a fresh connection owes nothing
+                self._creating_owed = 0
+
+            _retrying_once(lambda: send(payload), forget_owed)
             try:
-                yield
+                yield more
             finally:
-                # the write is idempotent: sent again on a fresh connection if this one broke
-                _retrying_once(
-                    lambda: [connection.read_response() for _ in range(replies)],
-                    lambda: connection.send_packed_command([payload], check_health=False),
-                )
+                # sent before reading: the sooner it lands, the rarer an engine starts first
+                owed_next = _send_owed(connection, pack(more), len(more)) if more else 0
+
+                def resend() -> None:  # the write is idempotent; the bookkeeping is dropped
+                    nonlocal owed_next
+                    owed_next = 0
+                    send(payload)
+
+                _retrying_once(confirm, resend)
+                self._creating_owed = owed_next
+
+    def queued_task_commands(
+        self, job_id: str, task: dict[str, Any], since: float
+    ) -> list[tuple[str | int, ...]]:
+        """Commands recording a Queued job's ipyparallel task for the watchdog.
+
+        ``task`` holds ``msg_id``, ``context`` and ``connection_file``; ``since``
+        is when it was submitted (epoch seconds).  The entry goes when the job
+        leaves ``Queued`` (:data:`moi.lua.UPDATE`, :data:`moi.lua.CANCEL`).
+        """
+        entry = json.dumps({**task, "since": since})
+        return [
+            ("ZADD", keys.QUEUED, repr(since), job_id),
+            ("HSET", keys.QUEUED_TASKS, job_id, entry),
+        ]
+
+    def queued_due(self, before: float, limit: int) -> list[tuple[str, Any, Any]]:
+        """Queued jobs due a check before ``before``: ``(id, task entry, info)`` each.
+
+        The entry and info are ``None`` when missing or unreadable.
+        """
+        found = self.r.zrangebyscore(keys.QUEUED, "-inf", before, 0, limit)
+        ids = [text(i) for i in cast("list[bytes]", found)]
+        if not ids:
+            return []
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys.QUEUED_TASKS, ids)
+            pipe.mget([keys.info(i) for i in ids])
+            entries, infos = pipe.execute()
+        return [(i, _loads(e), decode(raw)) for i, e, raw in zip(ids, entries, infos, strict=True)]
+
+    def check_queued_later(self, job_ids: Iterable[str], when: float) -> None:
+        """Move the next check of these Queued jobs to ``when`` (epoch seconds)."""
+        mapping = dict.fromkeys(job_ids, when)
+        if mapping:
+            self.r.zadd(keys.QUEUED, mapping, xx=True)
+
+    def forget_queued(self, job_ids: Iterable[str]) -> None:
+        """Drop the task bookkeeping of jobs that are no longer Queued."""
+        ids = list(job_ids)
+        if ids:
+            with self.r.pipeline(transaction=True) as pipe:
+                pipe.zrem(keys.QUEUED, *ids)
+                pipe.hdel(keys.QUEUED_TASKS, *ids)
+                pipe.execute()
 
     def _create_commands(
         self,
@@ -220,6 +320,9 @@ class Store:
         keep_existing: bool = False,
     ) -> list[tuple[str | int, ...]]:
         ttl, node_id, parent = self.key_timeout, info["id"], info.get("parent")
+        keys.check_node_id(node_id)  # no info object may land on one of moi's own keys
+        if parent is not None:
+            keys.check_node_id(parent, "parent id")
         commands: list[tuple[str | int, ...]] = []
         if parent is not None and parent_if_missing is not None:
             commands.append(
@@ -254,8 +357,10 @@ class Store:
             Job or group to change.
         fields : dict
             Fields to set; every other field is kept byte for byte.
-        guard : {'any', 'live', 'queued'}
-            Apply only when the node is in any state, not finished, or queued.
+        guard : {'any', 'live', 'queued', 'final'}
+            Apply only when the node is in any state, not finished, queued, or
+            (``final``, an engine's own outcome) not finished or failed by the
+            watchdog for an expired lease.
         lease : (op, seconds), optional
             ``('add', ttl)`` starts a running job's lease, ``('remove', 0)`` ends it.
         if_missing : dict, optional

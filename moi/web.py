@@ -1,31 +1,56 @@
 """``moi serve``: a Tornado dashboard with the live job panel, and ``make_app``.
 
 Login works like Jupyter's: the server prints a URL carrying a token;
-opening it sets the secure cookie ``user`` (the same cookie the websocket
-reads), and without it every page redirects to ``/login`` and the websocket
-is refused.  ``read_only`` hides and refuses submit, cancel and remove.
+opening it (or pasting the token into ``/login``) starts a session.  The
+session lives in a signed cookie bound to this server (its token and
+listening port), lasts ``session_hours`` and ends at ``/logout``; without
+one every page redirects to ``/login`` and the websocket is refused.
+``read_only`` hides and refuses submit, cancel and remove.  Every POST and
+the websocket handshake must come from this server's own origin, forms carry
+an XSRF token derived from the session, and requests on a loopback address
+must name a loopback host: the checks live in :mod:`moi.webauth`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
+import json
 import os
 import secrets
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import tornado.web
-from tornado.ioloop import PeriodicCallback
+from tornado.ioloop import IOLoop, PeriodicCallback
 
-from moi import job, runtime, watchdog
+from moi import embedded, job, runtime, watchdog
 from moi.context import resolve
 from moi.errors import MoiError
 from moi.group import create_info, get_id_from_user
 from moi.status import is_terminal
+from moi.webauth import (
+    LOOPBACK_HOSTS,
+    SESSION_HOURS,
+    LoginLimiter,
+    Sessions,
+    TooManyLogins,
+    check_host,
+    check_same_origin,
+    check_token,
+    host_name,
+    local_address,
+    read_session,
+    safe_next,
+    same_origin,
+    session_cookie,
+    set_security_headers,
+)
 from moi.websocket import MAX_MESSAGE_SIZE, MOIMessageHandler
 
 _HERE = Path(__file__).parent
@@ -35,25 +60,69 @@ _submitter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moi-submit")
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """What a dashboard serves: whose jobs, behind which token, writable or not."""
+    """What a dashboard serves: whose jobs, behind which token and sessions, writable or not."""
 
     user: str
     token: str
+    sessions: Sessions
     read_only: bool = False
+    hosts: frozenset[str] = LOOPBACK_HOSTS
+    limiter: LoginLimiter = field(default_factory=LoginLimiter)
 
 
+# -- pages ------------------------------------------------------------------------------
 class BaseHandler(tornado.web.RequestHandler):
-    """Token login and the current user, shared by every page."""
+    """Host and origin checks, token login and the session, shared by every page."""
+
+    #: Nonce of this response's inline scripts (see :func:`set_security_headers`).
+    csp_nonce: str
+    #: Whether POSTs are accepted without a session (login, logout); with one,
+    #: every POST needs the session's XSRF token.
+    open_without_session = False
 
     def initialize(self, server: ServerConfig) -> None:
         self.server = server
 
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        self.csp_nonce = secrets.token_urlsafe(16)
+        set_security_headers(self, self.csp_nonce)
+
+    def current_session(self) -> dict[str, Any] | None:
+        """This request's live session, or None."""
+        return read_session(self, self.server.sessions)
+
     def get_current_user(self) -> str | None:
-        cookie = self.get_secure_cookie("user")
-        user = cookie.decode() if cookie else None
-        return user if user == self.server.user else None
+        session = self.current_session()
+        return session["user"] if session else None
+
+    @property
+    def xsrf_token(self) -> bytes:
+        """The session's XSRF token (forms render it; no ``_xsrf`` cookie is used)."""
+        session = self.current_session()
+        return self.server.sessions.xsrf_token(session).encode() if session else b""
+
+    def check_xsrf_cookie(self) -> None:
+        """Refuse POSTs from other origins, and without this session's XSRF token."""
+        check_host(self.request, self.server.hosts)
+        check_same_origin(self.request)
+        session = self.current_session()
+        if session is None:
+            if self.open_without_session:
+                return
+            raise tornado.web.HTTPError(403, "not logged in")
+        given = (
+            self.get_argument("_xsrf", None)
+            or self.request.headers.get("X-Xsrftoken")
+            or self.request.headers.get("X-Csrftoken")
+            or ""
+        )
+        expected = self.server.sessions.xsrf_token(session)
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise tornado.web.HTTPError(403, "XSRF token missing or not this session's")
 
     def prepare(self) -> None:
+        check_host(self.request, self.server.hosts)
         token = self.get_query_argument("token", None)
         if token is not None and self.token_ok(token):
             self.log_in()
@@ -62,10 +131,34 @@ class BaseHandler(tornado.web.RequestHandler):
             self.redirect(self.request.path + (f"?{query}" if query else ""))
 
     def token_ok(self, token: str) -> bool:
-        return hmac.compare_digest(token.encode(), self.server.token.encode())
+        """Whether ``token`` is right; counts failures and refuses locked-out clients (429)."""
+        client = self.request.remote_ip or ""
+        wait = self.server.limiter.retry_after(client)
+        if wait:
+            raise TooManyLogins(wait)
+        if hmac.compare_digest(token.encode(), self.server.token.encode()):
+            return True
+        self.server.limiter.failed(client)
+        return False
 
     def log_in(self) -> None:
-        self.set_secure_cookie("user", self.server.user, httponly=True, samesite="Strict")
+        """Start a session: the signed, HttpOnly, SameSite=Strict cookie of this server's port."""
+        port = local_address(self.request)[1]
+        lifetime = self.server.sessions.lifetime
+        self.set_secure_cookie(
+            session_cookie(port),
+            json.dumps(self.server.sessions.issue(port)),
+            expires_days=lifetime / 86400,
+            httponly=True,
+            samesite="Strict",
+            secure=self.request.protocol == "https",
+        )
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info", (None, None))[1]
+        if isinstance(error, TooManyLogins):
+            self.set_header("Retry-After", str(error.retry_after))
+        super().write_error(status_code, **kwargs)
 
     def get_login_url(self) -> str:
         return "/login"
@@ -78,19 +171,50 @@ class BaseHandler(tornado.web.RequestHandler):
 
 
 class LoginHandler(BaseHandler):
-    """``/login``: a form asking for the token."""
+    """``/login``: a form asking for the token (protected by the Origin check)."""
+
+    open_without_session = True
 
     def get(self) -> None:
-        self.render("login.html", next=_safe_next(self.get_argument("next", "/")), error=None)
+        self.render("login.html", next=safe_next(self.get_argument("next", "/")), error=None)
 
     def post(self) -> None:
-        next_url = _safe_next(self.get_argument("next", "/"))
+        next_url = safe_next(self.get_argument("next", "/"))
         if not self.token_ok(self.get_argument("token", "")):
             self.set_status(403)
             self.render("login.html", next=next_url, error="Wrong token.")
             return
         self.log_in()
         self.redirect(next_url)
+
+
+class LogoutHandler(BaseHandler):
+    """``POST /logout``: end the session here and in the browser."""
+
+    open_without_session = True  # an expired session can still clear its cookie
+
+    def post(self) -> None:
+        session = self.current_session()
+        if session is not None:
+            self.server.sessions.revoke(session)
+        self.clear_cookie(session_cookie(local_address(self.request)[1]))
+        self.redirect("/login")
+
+
+class NotFoundHandler(BaseHandler):
+    """Any other path: 404, with the same headers and Host check as the pages."""
+
+    def prepare(self) -> None:
+        check_host(self.request, self.server.hosts)
+        raise tornado.web.HTTPError(404)
+
+
+class StaticHandler(tornado.web.StaticFileHandler):
+    """``/static/``: the scripts and styles, with the pages' security headers."""
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        set_security_headers(self)
 
 
 class DashboardHandler(BaseHandler):
@@ -179,15 +303,48 @@ class NodeHandler(BaseHandler):
 
 
 class DashboardSocket(MOIMessageHandler):
-    """The websocket, bound to the dashboard's single user."""
+    """The websocket: a live session of this dashboard only, from its own origin.
+
+    Closes (1008) when the session is revoked (logout) or expires.
+    """
 
     def initialize(self, server: ServerConfig, **kwargs: Any) -> None:  # type: ignore[override]
         super().initialize(read_only=server.read_only)
         self.server = server
+        self.session: dict[str, Any] | None = None
+        self._stop_watching: list[Callable[[], None]] = []
 
     def get_current_user(self) -> str | None:
-        user = super().get_current_user()
-        return user if user == self.server.user else None
+        self.session = read_session(self, self.server.sessions)
+        return self.session["user"] if self.session else None
+
+    def prepare(self) -> None:
+        check_host(self.request, self.server.hosts)
+        check_same_origin(self.request)
+        super().prepare()
+
+    def check_origin(self, origin: str) -> bool:
+        return same_origin(origin, self.request)
+
+    async def open(self, *args: Any) -> None:
+        if self.session is not None:
+            self.watch_session(self.session)
+        await super().open(*args)
+
+    def watch_session(self, session: dict[str, Any]) -> None:
+        """Close this socket when ``session`` is revoked or expires."""
+        sessions = self.server.sessions
+        expiry = IOLoop.current().call_later(
+            max(0.0, sessions.remaining(session)), self.close, 1008, "session expired"
+        )
+        unwatch = sessions.on_revoke(session, lambda: self.close(1008, "logged out"))
+        self._stop_watching = [lambda: IOLoop.current().remove_timeout(expiry), unwatch]
+
+    def on_close(self) -> None:
+        for stop in self._stop_watching:
+            stop()
+        self._stop_watching = []
+        super().on_close()
 
 
 def check_command(cmd: str, cmd_type: str) -> None:
@@ -224,19 +381,20 @@ def submit_group(user: str, name: str, cmds: list[str], cmd_type: str) -> str:
     return group["id"]
 
 
-def _safe_next(url: str) -> str:
-    return url if url.startswith("/") and not url.startswith("//") else "/"
-
-
 def load_cookie_secret(state_dir: Path) -> str:
-    """The cookie secret kept in the state directory, so logins survive restarts."""
+    """The cookie secret kept in the state directory (sessions still end with the token)."""
+    embedded.check_state_dir(state_dir)  # a planted directory's secret would forge logins
     path = state_dir / "cookie_secret"
-    if not path.exists():
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_hex(32))
-    return path.read_text().strip()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd) as handle:
+        info = os.fstat(handle.fileno())
+        if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+            raise MoiError(f"refusing {path}: it must belong to you and be private (chmod 600)")
+        return handle.read().strip()
 
 
 def make_app(
@@ -244,6 +402,8 @@ def make_app(
     token: str | None = None,
     read_only: bool = False,
     cookie_secret: str | None = None,
+    session_hours: float = SESSION_HOURS,
+    allowed_hosts: Iterable[str] = (),
 ) -> tornado.web.Application:
     """Build the dashboard application.
 
@@ -252,22 +412,46 @@ def make_app(
     user : str
         Whose jobs the dashboard shows and submits.
     token : str, optional
-        Login token; a random one when omitted (read it from ``app.settings['moi_token']``).
+        Login token, at least 16 characters; a random one when omitted (read it
+        from ``app.settings['moi_token']``).
     read_only : bool
         Hide and refuse submit, cancel and remove.
     cookie_secret : str, optional
-        Secret signing the ``user`` cookie; kept in the state directory by default.
+        Secret signing the session cookie; kept in the state directory by default.
+    session_hours : float
+        How long a login lasts.
+    allowed_hosts : iterable of str
+        Host names accepted besides the loopback ones on requests reaching a
+        loopback address (e.g. the name a reverse proxy forwards).
 
     Returns
     -------
     tornado.web.Application
+
+    Raises
+    ------
+    moi.webauth.TokenError
+        If ``token`` is shorter than 16 characters (a :class:`MoiError` and ``ValueError``).
+    MoiError
+        If ``session_hours`` is not positive.
     """
-    server = ServerConfig(user=user, token=token or secrets.token_urlsafe(24), read_only=read_only)
+    if not session_hours > 0:
+        raise MoiError(f"session_hours must be positive, not {session_hours!r}")
+    token = check_token(token) if token is not None else secrets.token_urlsafe(24)
+    secret = cookie_secret or load_cookie_secret(runtime.settings().state_dir)
+    server = ServerConfig(
+        user=user,
+        token=token,
+        sessions=Sessions(user, token, secret, lifetime=session_hours * 3600),
+        read_only=read_only,
+        hosts=LOOPBACK_HOSTS | {host_name(h) for h in allowed_hosts},
+    )
     page = {"server": server}
     return tornado.web.Application(
         [
             (r"/", DashboardHandler, page),
             (r"/login", LoginHandler, page),
+            (r"/logout", LogoutHandler, page),
             (r"/submit", SubmitHandler, page),
             (r"/submit-group", SubmitGroupHandler, page),
             (r"/(job|group)/([A-Za-z0-9_.:-]{1,128})", NodeHandler, page),
@@ -275,10 +459,13 @@ def make_app(
         ],
         template_path=str(_HERE / "templates"),
         static_path=str(_HERE / "static"),
-        cookie_secret=cookie_secret or load_cookie_secret(runtime.settings().state_dir),
-        xsrf_cookies=True,
+        static_handler_class=StaticHandler,
+        default_handler_class=NotFoundHandler,
+        default_handler_args=page,
+        cookie_secret=secret,
+        xsrf_cookies=True,  # makes Tornado call BaseHandler.check_xsrf_cookie on POSTs
         websocket_max_message_size=MAX_MESSAGE_SIZE,
-        moi_token=server.token,
+        moi_token=token,
     )
 
 
@@ -296,12 +483,32 @@ def start_watchdog() -> PeriodicCallback:
     return callback
 
 
-async def serve(host: str, port: int, user: str, token: str | None, read_only: bool) -> None:
-    """Run the dashboard until cancelled, printing its login URL."""
-    app = make_app(user=user, token=token, read_only=read_only)
-    server = app.listen(port, address=host)
+async def serve(
+    host: str,
+    port: int,
+    user: str,
+    token: str | None,
+    read_only: bool,
+    session_hours: float = SESSION_HOURS,
+    allowed_hosts: Iterable[str] = (),
+    behind_proxy: bool = False,
+) -> None:
+    """Run the dashboard until cancelled, printing its login URL.
+
+    ``behind_proxy`` trusts ``X-Forwarded-For``/``X-Forwarded-Proto`` (a
+    reverse proxy terminating TLS): client addresses for the login limit and
+    the ``https`` origin come from them.
+    """
+    app = make_app(
+        user=user,
+        token=token,
+        read_only=read_only,
+        session_hours=session_hours,
+        allowed_hosts=allowed_hosts,
+    )
+    server = app.listen(port, address=host, xheaders=behind_proxy)
     start_watchdog()
-    shown = "127.0.0.1" if host in ("", "0.0.0.0") else host
+    shown = "127.0.0.1" if host in ("", "0.0.0.0") else f"[{host}]" if ":" in host else host
     print(
         f"moi serve: jobs of user {user!r} at http://{shown}:{port}/?token={app.settings['moi_token']}",
         flush=True,

@@ -6,6 +6,11 @@ Server -> client: ``{"get"|"add"|"update"|"remove": info}`` and
 ``{"error": {"message", "action", "ids"}}``.  The user comes from the secure
 cookie ``user`` (override :meth:`MOIMessageHandler.get_current_user`); a
 browser only ever sees and changes its own user's tree.
+
+A browser is served at its own pace: a large reply waits while more than
+:data:`MAX_BUFFERED` / 4 bytes are queued for it, and a browser that lets
+more than :data:`MAX_BUFFERED` bytes pile up (it stopped reading) is dropped
+with close code 1013; ``moi.js`` reconnects and asks for its tree again.
 """
 
 from __future__ import annotations
@@ -13,21 +18,30 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from functools import partial
 from typing import Any
 
+from redis.exceptions import RedisError
+from tornado.escape import json_encode
 from tornado.web import HTTPError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from moi.group import MAX_IDS, Group
-from moi.relay import Relay, get_relay
+from moi import keys
+from moi.errors import InvalidUserError
+from moi.group import MAX_IDS, READ_BURST, READ_RATE, Group
+from moi.relay import Relay, background, get_relay
 
 log = logging.getLogger("moi.websocket")
 
 #: Largest frame a client may send; larger ones close the connection (1009).
 MAX_MESSAGE_SIZE = 512 * 1024
+#: Most bytes queued for one browser before it is dropped (close code 1013).
+MAX_BUFFERED = 8 * 1024 * 1024
+#: Longest a large reply waits for a browser to read what is queued before dropping it.
+DRAIN_TIMEOUT = 30.0
+#: Close code for a browser too slow to keep up ("try again later").
+SLOW_CLIENT = 1013
 _VERBS = ("get", "remove", "cancel", "close")
-#: Views being closed; held so their tasks are not collected half-way.
-_closing: set[asyncio.Task[None]] = set()
 
 
 class MOIMessageHandler(WebSocketHandler):
@@ -39,26 +53,57 @@ class MOIMessageHandler(WebSocketHandler):
         Shared relay; the process's own by default.
     read_only : bool
         Refuse ``remove`` and ``cancel``.
+    max_buffered : int
+        Bytes that may wait to be sent to this browser before it is dropped
+        (:data:`MAX_BUFFERED` by default).
+    read_burst, read_rate : int, float
+        Nodes one request may read or change, and how fast that allowance
+        comes back per second (see :class:`moi.group.Group`).
     """
 
-    def initialize(self, relay: Relay | None = None, read_only: bool = False) -> None:
+    def initialize(
+        self,
+        relay: Relay | None = None,
+        read_only: bool = False,
+        max_buffered: int = MAX_BUFFERED,
+        read_burst: int = READ_BURST,
+        read_rate: float = READ_RATE,
+    ) -> None:
         self.relay = relay
         self.read_only = read_only
+        self.max_buffered = max_buffered
+        self.read_burst = read_burst
+        self.read_rate = read_rate
         self.view: Group | None = None
+        self._buffered = 0  # bytes handed to write_message and not yet written to the socket
+        self._room = asyncio.Event()  # set while little is queued
+        self._room.set()
+        self._done = False  # closed or dropped: nothing more is sent
 
     def get_current_user(self) -> str | None:
-        """The user name from the secure cookie ``user``."""
-        cookie = self.get_secure_cookie("user")
-        return cookie.decode() if cookie else None
+        """The user name from the secure cookie ``user`` (see :func:`cookie_user`)."""
+        return cookie_user(self.get_secure_cookie("user"))
 
     def prepare(self) -> None:
         if not self.current_user:
             raise HTTPError(403, "moi websocket: not logged in")
+        try:
+            keys.check_user_name(self.current_user)
+        except InvalidUserError as exc:
+            raise HTTPError(403, f"moi websocket: {exc}") from None
 
     async def open(self, *args: Any) -> None:
         relay = self.relay or get_relay()
         group_id = await relay.store.user_group(self.current_user)
-        self.view = Group(group_id, self.send_frame, relay, read_only=self.read_only)
+        self.view = Group(
+            group_id,
+            self.send_frame,
+            relay,
+            read_only=self.read_only,
+            drain=self.drained,
+            read_burst=self.read_burst,
+            read_rate=self.read_rate,
+        )
         await self.view.start()
 
     async def on_message(self, message: str | bytes) -> None:
@@ -70,21 +115,99 @@ class MOIMessageHandler(WebSocketHandler):
         if verb == "close":
             self.close(1000, "closed on request")
         elif self.view is not None:
-            await self.view.action(verb, ids)
+            try:
+                await self.view.action(verb, ids)
+            except RedisError as exc:
+                log.warning("%s of %d ids failed: %s", verb, len(ids), exc)
+                message = f"{verb} failed: the job store is unreachable ({exc}); try again"
+                self.send_frame({"error": {"message": message, "action": verb, "ids": ids}})
 
     def on_close(self) -> None:
-        if self.view is not None:
-            view, self.view = self.view, None
-            task = asyncio.ensure_future(view.close())
-            _closing.add(task)
-            task.add_done_callback(_closing.discard)
+        self._done = True
+        self._detach_view()
+        self._room.set()  # a reply waiting for room ends: the view is closed
 
     def send_frame(self, frame: dict[str, Any]) -> None:
-        """Send one frame; a browser that went away is simply dropped."""
+        """Send one frame; a browser that went away, or lets too much pile up, is dropped."""
+        if self._done:
+            return
+        message = json_encode(frame)  # ASCII: its length is its size in bytes
         try:
-            self.write_message(frame)
+            written = self.write_message(message)
         except WebSocketClosedError:
-            pass
+            return
+        self._buffered += len(message)
+        written.add_done_callback(partial(self._written, len(message)))
+        if self._buffered > self.max_buffered:
+            self._drop(f"too slow: more than {self.max_buffered // 1024} KiB waiting to be sent")
+
+    async def drained(self) -> None:
+        """Return once little is queued for this browser; drop it after :data:`DRAIN_TIMEOUT`."""
+        if self._done or self._buffered <= self.max_buffered // 4:
+            return
+        self._room.clear()
+        try:
+            await asyncio.wait_for(self._room.wait(), DRAIN_TIMEOUT)
+        except asyncio.TimeoutError:
+            self._drop(f"too slow: nothing read for {DRAIN_TIMEOUT:.0f} s")
+
+    def _written(self, size: int, written: asyncio.Future[None]) -> None:
+        self._buffered -= size
+        if self._buffered <= self.max_buffered // 4:
+            self._room.set()
+        if not written.cancelled():
+            written.exception()  # closed meanwhile: nothing to do, but the error is seen
+
+    def _drop(self, reason: str) -> None:
+        if self._done:
+            return
+        self._done = True
+        log.warning("dropping the websocket of user %r: %s", self.current_user, reason)
+        self._detach_view()
+        self._room.set()
+        self.close(SLOW_CLIENT, reason)
+
+    def _detach_view(self) -> None:
+        if self.view is not None:
+            view, self.view = self.view, None
+            background(view.close(), f"closing the view of {view.group_id}")
+
+
+def cookie_user(value: bytes | None) -> str | None:
+    """The user name a ``user`` cookie value holds, or ``None`` when it holds none.
+
+    Both forms in use are read: a bare name (``alice``, as ``moi serve``
+    sets it) and a JSON-encoded one (``"alice"``, as the original moi example
+    and qiita set it with ``set_secure_cookie("user", json_encode(name))``).
+
+    Parameters
+    ----------
+    value : bytes or None
+        The cookie's (already verified) value.
+
+    Returns
+    -------
+    str or None
+        The name; ``None`` (refused) for a missing cookie, a value that is
+        not UTF-8, a value starting with ``"``, ``[`` or ``{`` that is not one
+        JSON string, or a name :func:`moi.keys.check_user_name` refuses
+        (empty, control characters, a UUID).
+    """
+    if not value:
+        return None
+    try:
+        name = value.decode()
+    except UnicodeDecodeError:
+        return None
+    if name[0] in '"[{':  # JSON: only a string names a user
+        try:
+            name = json.loads(name)
+        except (ValueError, RecursionError):
+            return None
+    try:
+        return keys.check_user_name(name)
+    except InvalidUserError:
+        return None
 
 
 def parse_request(message: str | bytes) -> tuple[str, list[str]] | str:
@@ -93,6 +216,8 @@ def parse_request(message: str | bytes) -> tuple[str, list[str]] | str:
         payload = json.loads(message)
     except ValueError:
         return 'not JSON: send an object like {"get": []}'
+    except RecursionError:
+        return 'nested too deeply: send an object like {"get": []}'
     if not isinstance(payload, dict) or len(payload) != 1:
         return 'a request is an object with exactly one action, like {"get": []}'
     ((verb, ids),) = payload.items()

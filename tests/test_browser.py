@@ -669,6 +669,23 @@ def test_read_only_server_shows_no_buttons_and_refuses_actions(page, serve, user
     assert runtime.store().require(job_id)["status"] == "Running"
 
 
+def test_dashboard_runs_under_its_csp_and_logs_out(page, server):
+    refused: list[str] = []
+    page.on(
+        "console", lambda msg: refused.append(msg.text) if "Security Policy" in msg.text else None
+    )
+    log_in(page, server)  # the panel's inline script ran: it opened the websocket
+    page.goto(f"{server.base}/login")  # the login page and its styles, too
+    page.goto(f"{server.base}/")
+    expect(page.locator(".moi-connection")).to_have_attribute("data-state", "open")
+    page.click("#moi-logout-form button[type=submit]")
+    expect(page).to_have_url(f"{server.base}/login")
+    expect(page.locator("#moi-logout-form")).to_have_count(0)
+    page.goto(f"{server.base}/")
+    expect(page).to_have_url(re.compile(r"/login\?next=%2F$"))
+    assert refused == []
+
+
 def test_without_the_token_pages_go_to_the_login_form(page, server):
     page.goto(f"{server.base}/")
     expect(page).to_have_url(re.compile(r"/login\?next=%2F$"))

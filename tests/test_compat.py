@@ -81,22 +81,20 @@ def test_user_ids_both_ways(moi_env, user):
     assert info["id"] in runtime.store().children(group_id)
 
 
-def test_a_group_id_stands_for_its_user(moi_env, user):
-    from moi.group import get_id_from_user
-
-    group_id = get_id_from_user(user)
-    assert get_id_from_user(group_id) == group_id
-    assert runtime.store().get(user) is None  # no stray group named after the user
-    job_id, parent, ar = submit_cli_style(group_id)
-    assert ar.get(timeout=30) == 2 and parent == group_id
-    assert job_id in runtime.store().children(group_id)
-
-
-def submit_cli_style(user_or_group: str):
-    from moi.group import get_id_from_user
+def test_a_group_id_is_a_parent_not_a_user_name(moi_env, user):
+    """A group id finds its user's jobs and takes new ones, but never names a user."""
+    from moi.errors import InvalidUserError
+    from moi.group import find_user_group, get_id_from_user
     from moi.job import submit
 
-    return submit("default", get_id_from_user(user_or_group), "add", None, add, 1, 1)
+    group_id = get_id_from_user(user)
+    with pytest.raises(InvalidUserError, match="cannot be UUIDs"):
+        get_id_from_user(group_id)
+    assert find_user_group(group_id) == find_user_group(user) == group_id
+    assert runtime.store().get(user) is None  # no stray group named after the user
+    job_id, parent, ar = submit("default", group_id, "add", None, add, 1, 1)
+    assert ar.get(timeout=30) == 2 and parent == group_id
+    assert job_id in runtime.store().children(group_id)
 
 
 def test_submit_passes_moi_kwargs_and_custom_status(moi_env, user, tmp_path):

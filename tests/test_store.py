@@ -170,6 +170,22 @@ def test_creating_survives_a_dropped_connection(store):
     assert store.get_many([first["id"], second["id"]]) == [first, second]
 
 
+def test_creating_sends_bookkeeping_after_the_write_without_waiting_for_it(store):
+    task = {"msg_id": "m", "context": "default", "connection_file": "/nowhere"}
+    first, second, third = (create_info(n, "job", parent="group") for n in "abc")
+    with store.creating(first) as also:
+        also += store.queued_task_commands(first["id"], task, 1.0)
+    with store.creating(second) as also:  # reads the replies the first one left
+        also += store.queued_task_commands(second["id"], task, 2.0)
+    assert store.r.zscore(keys.QUEUED, first["id"]) == 1.0
+    assert json.loads(store.r.hget(keys.QUEUED_TASKS, first["id"]))["since"] == 1.0
+    # replies owed on a connection that drops: the next write neither waits for them nor fails
+    assert store.r.client_kill_filter(_type="normal", skipme=True) >= 1
+    with store.creating(third):
+        pass
+    assert store.get_many([first["id"], second["id"], third["id"]]) == [first, second, third]
+
+
 def test_values_beyond_fast_json_are_still_read(store):
     info = create_info("big", "job", context="default")
     store.r.set(info["id"], json.dumps(info | {"result": [2**80, math.nan]}))
@@ -257,6 +273,22 @@ def test_tree_reads_wide_levels_and_groups_without_info(store):
     assert nodes[0]["id"] == "root" and nodes[-1]["id"] == deep["id"]  # breadth first
 
 
+def test_tree_read_prunes_children_whose_info_expired(store):
+    store.create(create_info("root", "group", id="root"))
+    kept, expired = new_job(store, parent="root"), new_job(store, parent="root")
+    deep = new_job(store, parent="lost-group")
+    store.r.delete(keys.info("lost-group"))  # its info expired, its children did not
+    store.r.sadd(keys.children("root"), "lost-group")
+    store.r.delete(keys.info(expired["id"]))
+    assert {n["id"] for n in store.tree("root")} == {"root", kept["id"], deep["id"]}
+    assert store.children("root") == {kept["id"], "lost-group"}  # pruned in the same read
+    store.r.delete(keys.info(deep["id"]))
+    assert {n["id"] for n in store.tree("root")} == {"root", kept["id"]}
+    assert store.children("lost-group") == set()
+    assert {n["id"] for n in store.tree("root")} == {"root", kept["id"]}
+    assert store.children("root") == {kept["id"]}  # once its own children went, so did it
+
+
 def test_get_many_is_one_mget(store):
     ids = [new_job(store)["id"] for _ in range(5)]
     assert [i["id"] for i in store.get_many([*ids, "missing"])] == ids
@@ -332,6 +364,48 @@ def test_expired_lease_is_reaped_and_published(store):
     assert store.r.zscore(keys.LEASES, alive["id"]) is not None
     store.update(alive["id"], {"status": "Success"}, lease=("remove", 0))
     assert store.r.zscore(keys.LEASES, alive["id"]) is None
+
+
+def test_the_engine_final_write_wins_over_a_reaped_failure(store):
+    late, finished = new_job(store), new_job(store)
+    for info in (late, finished):
+        store.update(info["id"], {"status": "Running"}, lease=("add", -1))
+    assert sorted(watchdog.sweep(store)) == sorted([late["id"], finished["id"]])
+    assert store.r.zscore(keys.REAPED, late["id"]) is not None
+    # the engine was only cut off from Redis: its outcome lands, once
+    assert store.update(late["id"], {"status": "Failed"}, guard="live") == (False, "Failed")
+    assert store.update(late["id"], {"status": "Success", "result": 1}, guard="final") == (
+        True,
+        "Failed",
+    )
+    assert store.require(late["id"])["status"] == "Success"
+    assert store.r.zscore(keys.REAPED, late["id"]) is None
+    assert store.update(late["id"], {"status": "Failed"}, guard="final") == (False, "Success")
+    # a job that ended by itself keeps its end
+    store.update(finished["id"], {"status": "Cancelled"}, guard="final")
+    store.r.zrem(keys.REAPED, finished["id"])
+    assert store.update(finished["id"], {"status": "Success"}, guard="final")[0] is False
+
+
+def test_leaving_queued_drops_the_task_bookkeeping(store):
+    started, cancelled, running = new_job(store), new_job(store), new_job(store)
+    store.update(running["id"], {"status": "Running"})
+    task = {"msg_id": "m", "context": "default", "connection_file": "/nowhere"}
+    with store.r.pipeline(transaction=True) as pipe:
+        for info in (started, cancelled, running):
+            for command in store.queued_task_commands(info["id"], task, 1000.0):
+                pipe.execute_command(*command)
+        pipe.execute()
+    due = store.queued_due(2000.0, 10)
+    assert {job_id for job_id, _, _ in due} == {started["id"], cancelled["id"], running["id"]}
+    assert all(entry == {**task, "since": 1000.0} for _, entry, _ in due)
+    store.update(started["id"], {"status": "Running"}, guard="queued")
+    assert store.cancel(cancelled["id"], "stop") == "cancelled"
+    store.update(running["id"], {"status": "Success"})  # not Queued before: left to the watchdog
+    assert store.r.zrange(keys.QUEUED, 0, -1) == [running["id"].encode()]
+    assert store.r.hkeys(keys.QUEUED_TASKS) == [running["id"].encode()]
+    store.forget_queued([running["id"]])
+    assert not store.r.exists(keys.QUEUED, keys.QUEUED_TASKS)
 
 
 def test_heartbeat_reports_a_cancel_request(store):

@@ -1,0 +1,114 @@
+"""Redis clients from moi's Redis URLs, including the embedded server's socket.
+
+The embedded Redis (:mod:`moi.embedded`) listens on a unix socket in the
+0700 state directory, and its password, new at each start, lives beside the
+socket in a 0600 file (``redis.json``); it never travels in a URL, an
+environment variable or a task.  A ``unix://`` URL without a password whose
+socket has that file beside it gets a credential provider reading the file
+at every new connection, so a long-lived process (server, relay, watchdog,
+engine) follows a restarted server without being told.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import redis
+import redis.asyncio as aioredis
+from redis.credentials import CredentialProvider
+
+from moi.errors import MoiError
+
+#: Name of the file beside the embedded socket holding its password.
+SECRET_FILE = "redis.json"
+
+
+def read_private_json(path: Path) -> dict[str, Any] | None:
+    """Read a JSON file that must be ours and private; ``None`` when missing or garbled.
+
+    Raises
+    ------
+    MoiError
+        When ``path`` is a symbolic link, another user's file, or readable
+        by group or others.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise MoiError(f"refusing {path}: {exc.strerror} (is it a symbolic link?)") from None
+    with os.fdopen(fd) as handle:
+        info = os.fstat(handle.fileno())
+        if info.st_uid != os.geteuid() or info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise MoiError(
+                f"refusing {path}: it must belong to you and be private (chmod 600), "
+                "someone else may have planted it"
+            )
+        try:
+            data = json.load(handle)
+        except ValueError:
+            return None
+    return data if isinstance(data, dict) else None
+
+
+class StateFileCredentials(CredentialProvider):
+    """The embedded server's password, read from its private file at each connection.
+
+    Parameters
+    ----------
+    path : Path
+        The ``redis.json`` beside the server's socket.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def get_credentials(self) -> tuple[str] | tuple[str, str]:
+        known = read_private_json(self.path)
+        if not known or not known.get("password"):
+            raise redis.ConnectionError(f"no password in {self.path}: is moi's Redis running?")
+        return ("default", known["password"])
+
+
+def _socket_secret(url: str) -> Path | None:
+    """The password file beside a password-less ``unix://`` URL's socket, if any."""
+    parsed = urlparse(url)
+    if parsed.scheme != "unix" or parsed.password or "password" in parse_qs(parsed.query):
+        return None
+    secret = Path(parsed.path).with_name(SECRET_FILE)
+    return secret if secret.exists() else None
+
+
+def options(url: str) -> dict[str, Any]:
+    """Extra keyword arguments for ``from_url(url, ...)`` (the embedded server's credentials)."""
+    secret = _socket_secret(url)
+    return {"credential_provider": StateFileCredentials(secret)} if secret else {}
+
+
+def client(url: str, **kwargs: Any) -> redis.Redis:
+    """A synchronous client (its own pool) for ``url``."""
+    return redis.Redis.from_url(url, **options(url), **kwargs)
+
+
+def async_client(url: str, **kwargs: Any) -> aioredis.Redis:
+    """An asyncio client (its own pool) for ``url``."""
+    return aioredis.Redis.from_url(url, **options(url), **kwargs)
+
+
+def async_pool(url: str, **kwargs: Any) -> aioredis.BlockingConnectionPool:
+    """A blocking asyncio connection pool for ``url``."""
+    return aioredis.BlockingConnectionPool.from_url(url, **options(url), **kwargs)
+
+
+def shown(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    parsed = urlparse(url)
+    if parsed.scheme == "unix":
+        return f"unix socket {parsed.path}"
+    return url.split("@")[-1]
