@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import sys
 from typing import Any
@@ -79,7 +80,12 @@ def format_details(info: dict[str, Any]) -> str:
     for key in sorted(k for k in info if k != "result"):
         sep = "\t\t" if len(key) < 8 else "\t"
         lines.append(f"{printable(key)}{sep}: {printable(info[key])}")
-    lines.append(f"result\t\t: {printable(job.result_text(info), multiline=True)}")
+    result = info.get("result")
+    if info.get("job_type") and isinstance(result, dict):  # a typed job's environ: as JSON
+        text = json.dumps(result)
+    else:
+        text = job.result_text(info)
+    lines.append(f"result\t\t: {printable(text, multiline=True)}")
     return "\n".join(lines)
 
 
@@ -123,8 +129,25 @@ class _StatusPrinter:
 
 @main.command()
 @click.option("--user", default="no-user", show_default=True, help="User whose tree gets the job.")
-@click.option("--cmd", required=True, help="Python function body (use `return`) or shell command.")
-@click.option("--name", default=None, help="Job name [default: <user>-cmd-submit].")
+@click.option("--cmd", default=None, help="Python function body (use `return`) or shell command.")
+@click.option(
+    "--type",
+    "job_type",
+    default=None,
+    help="Run a job type (see `moi types`) instead of --cmd, with --environ as its input.",
+)
+@click.option("--environ", default=None, help="The typed job's environ: a JSON object [{}].")
+@click.option(
+    "--environ-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Read the typed job's environ (a JSON object) from this file.",
+)
+@click.option(
+    "--name",
+    default=None,
+    help="Job name [default: <user>-cmd-submit, or <user>-TYPE-submit with --type].",
+)
 @click.option("--context", default=None, help="Context (cluster) to run on [default: the default].")
 @click.option(
     "--block/--no-block",
@@ -140,17 +163,38 @@ class _StatusPrinter:
     help="Run --cmd as Python or as a shell command.",
 )
 def submit(
-    user: str, cmd: str, name: str | None, context: str | None, block: bool, cmd_type: str
+    user: str,
+    cmd: str | None,
+    job_type: str | None,
+    environ: str | None,
+    environ_file: str | None,
+    name: str | None,
+    context: str | None,
+    block: bool,
+    cmd_type: str,
 ) -> None:
-    """Submit a Python snippet or a shell command as a job."""
-    if cmd_type == "python":
+    """Submit a Python snippet, a shell command or a typed job as a job."""
+    if job_type is not None:
+        if cmd is not None:
+            raise click.UsageError("give --cmd or --type, not both")
+        typed_environ = _typed_environ(job_type, environ, environ_file)
+    elif cmd is None:
+        here = click.get_current_context()
+        cmd_option = next(p for p in here.command.params if p.name == "cmd")
+        raise click.MissingParameter(ctx=here, param=cmd_option, message="(or give --type)")
+    elif environ is not None or environ_file is not None:
+        raise click.UsageError("--environ and --environ-file go with --type")
+    elif cmd_type == "python":
         job.check_python(cmd)
     ctx = resolve(context)
     ctx.bv  # noqa: B018 -- reach the cluster before writing anything
-    func = job.python_call if cmd_type == "python" else job.system_call
-    job_id, _, ar = job.submit(
-        ctx, get_id_from_user(user), name or f"{user}-cmd-submit", None, func, cmd
-    )
+    parent = get_id_from_user(user)
+    if job_type is not None:
+        job_name = name or f"{user}-{job_type}-submit"
+        job_id, _, ar = job.submit_type(ctx, parent, job_name, job_type, typed_environ)
+    else:
+        func = job.python_call if cmd_type == "python" else job.system_call
+        job_id, _, ar = job.submit(ctx, parent, name or f"{user}-cmd-submit", None, func, cmd)
     click.echo(f"Submitted job id: {job_id}")
     if not block:
         job.wait_until_received(ar, ctx.client)  # the job must leave before this process exits
@@ -163,6 +207,24 @@ def submit(
         ) from None
     click.echo(format_details(info))
     sys.exit(0 if info["status"] == Status.SUCCESS else 1)
+
+
+def _typed_environ(job_type: str, text: str | None, path: str | None) -> dict[str, Any]:
+    """The environ of ``moi submit --type``, checked: refused before anything is written."""
+    from moi import types
+
+    if text is not None and path is not None:
+        raise click.UsageError("give --environ or --environ-file, not both")
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MoiError(f"cannot read --environ-file {path}: {exc}") from None
+        environ = types.parse(text, f"--environ-file {path}")
+    else:
+        environ = types.parse(text, "--environ") if text is not None else {}
+    return types.check(environ, job_type)
 
 
 @main.command("job")
@@ -209,6 +271,51 @@ def cancel(job_id: str, wait: bool) -> None:
         click.echo(f"Job {job_id}: {printable(info['status'])}")
     else:
         click.echo(f"Job {job_id}: cancel {outcome}")
+
+
+@main.command("types")
+def types_() -> None:
+    """List the job types and filters, with where each comes from."""
+    from moi import types
+
+    for title, plugins in (("types", types.job_types()), ("filters", types.filters())):
+        click.echo(f"{title}:")
+        if not plugins:
+            click.echo("  (none)")
+        width = max((len(name) for name in plugins), default=0)
+        source_width = max((len(plugin.source) for plugin in plugins.values()), default=0)
+        for plugin in plugins.values():
+            text = plugin.description if plugin.error is None else f"BROKEN: {plugin.error}"
+            line = f"  {plugin.name:<{width}}  {plugin.source:<{source_width}}  {text}".rstrip()
+            click.echo(printable(line))
+
+
+#: The lines ``moi batch`` prints the final environ between (sio-batch's contract).
+BEGIN_ENVIRON, END_ENVIRON = "--- BEGIN ENVIRON ---", "--- END ENVIRON ---"
+
+
+@main.command()
+def batch() -> None:
+    """Run one typed job here, from the JSON in $environ; print the final environ.
+
+    The environ names its type in ``job_type``.  It is printed between
+    ``--- BEGIN ENVIRON ---`` and ``--- END ENVIRON ---``; the exit status is
+    0 when its ``result`` is ``SUCCESS``, 1 when ``FAILURE``.  Nothing is
+    written to Redis.
+    """
+    import os
+
+    from moi import types
+
+    text = os.environ.get("environ")
+    if text is None:
+        raise MoiError("the environment variable environ is not set: give the job as JSON")
+    environ = types.check(types.parse(text, "$environ"))
+    final = types.execute(environ)
+    click.echo(BEGIN_ENVIRON)
+    click.echo(json.dumps(final))
+    click.echo(END_ENVIRON)
+    sys.exit(0 if final.get("result") == "SUCCESS" else 1)
 
 
 @main.command()

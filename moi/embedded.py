@@ -350,8 +350,9 @@ def ensure_redis(state_dir: Path) -> str:
         known = _read_json(state_dir / _REDIS_FILE) or {}
         if pid_alive(known.get("pid")) and _is_our_server(known["pid"], state_dir):
             raise MoiError(
-                f"moi's Redis (pid {known['pid']}) runs but does not answer; "
-                f"see {state_dir / 'redis' / 'redis.log'}"
+                f"moi's Redis (pid {known['pid']}) runs but does not answer on "
+                f"{redis_socket(state_dir)}; `moi down` stops it (an older moi's server "
+                f"listened on a port); see {state_dir / 'redis' / 'redis.log'}"
             )
         try:
             binary, sock = _start_embedded_redis(state_dir)
@@ -482,14 +483,31 @@ def start_cluster(profile: Path, engines: int) -> None:
     Engines left by a controller that died are stopped first: they would
     never get work again.
     """
-    import ipyparallel as ipp
-
     _cluster_file_path = profile / "security" / f"cluster-{CLUSTER_ID}.json"
     for orphan in _engine_pids(_read_json(_cluster_file_path)):
         with contextlib.suppress(ProcessLookupError):
             os.kill(orphan, signal.SIGTERM)
     with contextlib.suppress(FileNotFoundError):
         _cluster_file_path.unlink()
+    profile.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with _working_dir(profile):  # engines inherit it: never the user's cwd (a `moi/` there)
+        _start_cluster(profile, engines)
+
+
+@contextlib.contextmanager
+def _working_dir(path: Path) -> Iterator[None]:
+    """Run the body in ``path``: ipyparallel starts its processes in the current directory."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def _start_cluster(profile: Path, engines: int) -> None:
+    import ipyparallel as ipp
+
     cluster = ipp.Cluster(
         profile_dir=str(profile),
         cluster_id=CLUSTER_ID,
@@ -522,7 +540,8 @@ def replace_dead_engines(state_dir: Path, wanted: int) -> int:
     if missing <= 0:
         return 0
     cluster = ipp.Cluster.from_file(profile_dir=str(profile_dir(state_dir)), cluster_id=CLUSTER_ID)
-    cluster.start_engines_sync(n=missing)
+    with _working_dir(profile_dir(state_dir)):
+        cluster.start_engines_sync(n=missing)
     return missing
 
 

@@ -237,6 +237,77 @@ def run_job(spec: JobSpec, func: Callable[..., Any], *args: Any, **kwargs: Any) 
     return result
 
 
+class TypedJobFailed(Exception):
+    """A typed job ended ``FAILURE``: its final environ (``environ``) is the job's result."""
+
+    def __init__(self, environ: dict[str, Any]) -> None:
+        super().__init__(f"job type {environ.get('job_type')!r} failed: {environ.get('exception')}")
+        self.environ = environ
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (TypedJobFailed, (self.environ,))
+
+
+def engine_name() -> str:
+    """This engine as messages name it: ``engine 3 (host:pid)``, or ``host:pid`` outside one."""
+    import socket
+
+    where = f"{socket.gethostname()}:{os.getpid()}"
+    try:
+        from IPython import get_ipython
+
+        engine_id = getattr(getattr(get_ipython(), "kernel", None), "engine_id", None)
+    except Exception:  # noqa: BLE001 -- no IPython here: the host and pid say enough
+        engine_id = None
+    if isinstance(engine_id, int) and engine_id >= 0:
+        return f"engine {engine_id} ({where})"
+    return where
+
+
+def run_typed(
+    environ: dict[str, Any], max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES, **kwargs: Any
+) -> dict[str, Any]:
+    """Run the typed job ``environ`` names on this engine (the function :func:`run_job` wraps).
+
+    The type is looked up here, among the plug-ins installed where this
+    engine runs; see :func:`moi.types.execute`.
+
+    Returns
+    -------
+    dict
+        The final environ, ``result: SUCCESS``.
+
+    Raises
+    ------
+    TypedJobFailed
+        When it ended ``FAILURE``; :func:`run_job` stores its environ as the
+        result (past ``max_result_bytes``, only its :data:`FAILURE_KEYS` and a note).
+    """
+    from moi import types  # the service layer, loaded only where typed jobs run
+
+    final = types.execute(environ, where=engine_name())
+    if final.get("result") != "SUCCESS":
+        raise TypedJobFailed(_within(final, max_result_bytes))
+    return final
+
+
+#: What a failed typed job's environ keeps when it is too large to store whole.
+FAILURE_KEYS = ("job_type", "result", "exception", "traceback")
+
+
+def _within(environ: dict[str, Any], limit: int) -> dict[str, Any]:
+    """``environ``, or only its :data:`FAILURE_KEYS` and a ``note`` when over ``limit`` bytes."""
+    size = len(json.dumps(environ))
+    if size <= limit:
+        return environ
+    kept = {key: environ[key] for key in FAILURE_KEYS if key in environ}
+    kept["note"] = (
+        f"environ of {size} bytes is larger than the limit of {limit} bytes "
+        "(MOI_MAX_RESULT_BYTES): only " + ", ".join(FAILURE_KEYS) + " kept"
+    )
+    return kept
+
+
 def _start(store: Store, spec: JobSpec) -> None:
     """Write ``Running``, retried while Redis is away; :class:`JobCancelled` if not Queued."""
     fields = {"status": Status.RUNNING.value, "date_start": now()}
@@ -257,7 +328,9 @@ def _start(store: Store, spec: JobSpec) -> None:
 def _fail_or_cancel(store: Store, job_id: str, exc: BaseException, cancelled: bool) -> None:
     """Record a job that raised; raise :class:`JobCancelled` instead when a cancel stopped it."""
     status = Status.CANCELLED if cancelled else Status.FAILED
-    _finish(store, job_id, status, traceback.format_exception(exc))
+    # a typed job that failed keeps its final environ as its result
+    result = exc.environ if isinstance(exc, TypedJobFailed) else traceback.format_exception(exc)
+    _finish(store, job_id, status, result)
     if cancelled:
         raise JobCancelled(f"job {job_id} was cancelled while running") from None
 

@@ -23,13 +23,22 @@ import ipyparallel as ipp
 
 from moi import ctxs, keys, runtime
 from moi.context import Context, _connection_file, resolve
-from moi.engine import DEFAULT_MAX_RESULT_BYTES, JobSpec, run_job
+from moi.engine import DEFAULT_MAX_RESULT_BYTES, JobSpec, run_job, run_typed
 from moi.errors import MoiError
 from moi.group import create_info
 from moi.status import Status, is_terminal
 from moi.store import now
 
-__all__ = ["submit", "submit_nouser", "system_call", "python_call", "cancel", "wait", "ctxs"]
+__all__ = [
+    "submit",
+    "submit_type",
+    "submit_nouser",
+    "system_call",
+    "python_call",
+    "cancel",
+    "wait",
+    "ctxs",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -80,11 +89,26 @@ def submit(
     InvalidIdError, UnknownContextError, ClusterUnavailableError
         Before anything is written.
     """
+    return _submit(ctx, parent_id, name, url, None, func, args, kwargs)
+
+
+def _submit(
+    ctx: Context | str | None,
+    parent_id: str,
+    name: str,
+    url: str | None,
+    fields: dict[str, Any] | None,
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> tuple[str, str, ipp.AsyncResult]:
+    """:func:`submit`, with extra ``fields`` in the job's info object from its Queued write on."""
     keys.check_node_id(parent_id, "parent id")
     context = resolve(ctx)
     bv = context.bv  # connect before writing anything
     store = runtime.store()
     info = create_info(name, "job", url=url, parent=parent_id, context=context.name)
+    info.update(fields or {})
     parent = create_info("unnamed", "group", id=parent_id)
     spec = JobSpec(
         id=info["id"],
@@ -111,6 +135,53 @@ def submit(
         raise submit_error
     ar.add_done_callback(lambda done: _settle(info["id"], done))
     return info["id"], parent_id, ar
+
+
+def submit_type(
+    ctx: Context | str | None,
+    parent_id: str,
+    name: str,
+    job_type: str,
+    environ: dict[str, Any],
+    url: str | None = None,
+) -> tuple[str, str, ipp.AsyncResult]:
+    """Run job type ``job_type`` on the cluster with ``environ`` as a job under ``parent_id``.
+
+    The engine looks the type (and the environ's ``prefilters`` /
+    ``postfilters``) up among the plug-ins installed where it runs, and runs
+    it in a temporary working directory.  The job's info object carries
+    ``job_type``; its ``result`` is the final environ, with ``result``
+    ``SUCCESS`` (status ``Success``) or ``FAILURE``, ``exception`` and
+    ``traceback`` (status ``Failed``).  See :mod:`moi.types`.
+
+    Parameters
+    ----------
+    ctx, parent_id, name, url
+        As for :func:`submit`.
+    job_type : str
+        The type's name: a built-in, an entry point of ``moi.jobs``, or one
+        registered with :func:`moi.types.register` (on the engines too).
+    environ : dict
+        The job's input, JSON values only; its ``job_type`` is set to ``job_type``.
+
+    Returns
+    -------
+    (job_id, parent_id, AsyncResult)
+        The AsyncResult's value is the final environ; a ``FAILURE`` raises.
+
+    Raises
+    ------
+    MoiError
+        Before anything is written: an unknown type or filter (the message
+        lists the known ones), a broken plug-in, an environ that is not a
+        JSON object; and what :func:`submit` raises.
+    """
+    from moi import types  # the service layer, imported only when used
+
+    environ = types.check(environ, job_type)
+    fields = {"job_type": job_type}
+    limit = {"max_result_bytes": max_result_bytes()}
+    return _submit(ctx, parent_id, name, url, fields, run_typed, (environ,), limit)
 
 
 def _task(context: Context, ar: ipp.AsyncResult) -> dict[str, str]:

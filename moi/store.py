@@ -85,7 +85,7 @@ def decode(raw: bytes | str | None) -> dict[str, Any] | None:
     except ValueError:
         try:  # what orjson refuses but Python reads: ints beyond 64 bits, NaN
             info = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # garbled, or nested too deeply to read
             return None
     return info if isinstance(info, dict) and isinstance(info.get("id"), str) else None
 

@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -17,8 +18,12 @@ from typing import Any
 
 import psutil
 import redis
+from tornado.testing import AsyncHTTPTestCase
+from tornado.web import Application
 
-from moi import keys, runtime
+from moi import embedded, keys, runtime
+from moi.relay import Relay
+from moi.websocket import MOIMessageHandler
 
 #: Variables that configure moi; removed to get an unconfigured environment.
 MOI_VARS = ("MOI_REDIS_URL", "MOI_CONTEXTS", "MOI_DEFAULT_CONTEXT", "MOI_CONFIG_FP")
@@ -187,3 +192,40 @@ def snapshot(client: redis.Redis) -> dict[str, Any]:
         kind = client.type(key)
         found[key.decode()] = readers[kind](key) if kind in readers else kind
     return found
+
+
+# -- a Tornado test case with a Redis server of its own -------------------------
+class OwnRedisCase(AsyncHTTPTestCase):
+    """A relay and ``MOIMessageHandler`` on a Redis server this test starts, restarts, stops.
+
+    Subclasses set ``cookie_secret``; ``restart_redis`` stops the server with
+    SIGTERM (the embedded ACL refuses ``SHUTDOWN``) and starts it again on the
+    same port and append-only data.
+    """
+
+    cookie_secret = "own-redis-secret"
+
+    def setUp(self) -> None:
+        self.data_dir = Path(tempfile.mkdtemp(prefix="moi-own-redis-"))
+        self.port = embedded.free_port()
+        self.url = embedded.redis_url(self.port)
+        self.redis_proc = embedded.start_redis_server(self.data_dir, self.port)
+        super().setUp()
+
+    def tearDown(self) -> None:
+        self.io_loop.run_sync(self.relay.stop)
+        super().tearDown()
+        self.redis_proc.terminate()
+        self.redis_proc.wait(10)
+
+    def get_app(self) -> Application:
+        self.relay = Relay(self.url, 3600)
+        return Application(
+            [(r"/moi-ws/", MOIMessageHandler, {"relay": self.relay})],
+            cookie_secret=self.cookie_secret,
+        )
+
+    def restart_redis(self) -> None:
+        self.redis_proc.terminate()
+        self.redis_proc.wait(10)  # appendonly: the data comes back
+        self.redis_proc = embedded.start_redis_server(self.data_dir, self.port)

@@ -193,6 +193,17 @@ def test_values_beyond_fast_json_are_still_read(store):
     assert stored["result"][0] == 2**80 and math.isnan(stored["result"][1])
 
 
+def test_info_nested_too_deeply_to_read_is_skipped_not_raised(store):
+    parent = create_info("deep tree", "group")
+    store.create(parent)
+    child = new_job(store, parent=parent["id"])
+    deep = '{"id": "deep", "x": ' + "[" * 5000 + "]" * 5000 + "}"
+    store.r.set("deep", deep)
+    store.r.sadd(keys.children(parent["id"]), "deep")
+    assert store.get("deep") is None
+    assert [n["id"] for n in store.tree(parent["id"])] == [parent["id"], child["id"]]
+
+
 def test_an_engine_first_to_a_job_writes_its_info(store):
     """The engine may start a job before the submitter's Queued write lands."""
     info = create_info("early", "job", parent="group", context="default")

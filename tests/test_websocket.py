@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import redis
+from support import OwnRedisCase
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.testing import AsyncHTTPTestCase, gen_test
 from tornado.web import Application, create_signed_value
@@ -346,39 +347,10 @@ class TestReadOnly(WebSocketCase):
         assert len(await self.get_tree(ws, 2)) == 2
 
 
-class TestRedisRestart(AsyncHTTPTestCase):
+class TestRedisRestart(OwnRedisCase):
     """A relay on its own Redis server survives that server's restart."""
 
-    def setUp(self) -> None:
-        import tempfile
-        from pathlib import Path
-
-        from moi import embedded
-
-        self.data_dir = Path(tempfile.mkdtemp(prefix="moi-restart-"))
-        self.port = embedded.free_port()
-        self.url = embedded.redis_url(self.port)
-        self.redis_proc = embedded.start_redis_server(self.data_dir, self.port)
-        super().setUp()
-
-    def tearDown(self) -> None:
-        self.io_loop.run_sync(self.relay.stop)
-        super().tearDown()
-        self.redis_proc.terminate()
-        self.redis_proc.wait(10)
-
-    def get_app(self) -> Application:
-        self.relay = Relay(self.url, 3600)
-        return Application(
-            [(r"/moi-ws/", MOIMessageHandler, {"relay": self.relay})], cookie_secret=SECRET
-        )
-
-    def restart_redis(self) -> None:
-        from moi import embedded
-
-        self.redis_proc.terminate()  # SHUTDOWN is refused to clients; SIGTERM does the same
-        self.redis_proc.wait(10)  # appendonly: the data comes back
-        self.redis_proc = embedded.start_redis_server(self.data_dir, self.port)
+    cookie_secret = SECRET
 
     @gen_test(timeout=60)
     async def test_views_resubscribe_and_resync(self) -> None:

@@ -15,23 +15,22 @@ import logging
 import os
 import socket
 import struct
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 import tornado.escape
+from support import OwnRedisCase
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.testing import AsyncHTTPTestCase, gen_test
 from tornado.web import Application, RequestHandler, create_signed_value
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from moi import embedded, keys, runtime
+from moi import keys, runtime
 from moi.group import create_info, get_id_from_user
 from moi.relay import Relay
 from moi.store import Store
@@ -463,7 +462,7 @@ def test_default_cap_is_eight_mebibytes() -> None:
 
 
 # -- 3. resync after Redis comes back ---------------------------------------------------------
-class TestResyncAfterRedisRestart(AsyncHTTPTestCase):
+class TestResyncAfterRedisRestart(OwnRedisCase):
     """A view resyncs when its Redis restarts, even when the first attempt fails.
 
     Its own server on its own port (the session Redis is shared by every
@@ -474,29 +473,7 @@ class TestResyncAfterRedisRestart(AsyncHTTPTestCase):
     server") and has to be made again.
     """
 
-    def setUp(self) -> None:
-        self.data_dir = Path(tempfile.mkdtemp(prefix="moi-resync-"))
-        self.port = embedded.free_port()
-        self.url = embedded.redis_url(self.port)
-        self.redis_proc = embedded.start_redis_server(self.data_dir, self.port)
-        super().setUp()
-
-    def tearDown(self) -> None:
-        self.io_loop.run_sync(self.relay.stop)
-        super().tearDown()
-        self.redis_proc.terminate()
-        self.redis_proc.wait(10)
-
-    def get_app(self) -> Application:
-        self.relay = Relay(self.url, 3600)
-        return Application(
-            [(r"/moi-ws/", MOIMessageHandler, {"relay": self.relay})], cookie_secret=SECRET
-        )
-
-    def restart_redis(self) -> None:
-        self.redis_proc.terminate()  # SHUTDOWN is refused to clients; SIGTERM does the same
-        self.redis_proc.wait(10)  # appendonly: the data comes back
-        self.redis_proc = embedded.start_redis_server(self.data_dir, self.port)
+    cookie_secret = SECRET
 
     @gen_test(timeout=60)
     async def test_resync_retries_until_it_succeeds(self) -> None:
