@@ -11,6 +11,7 @@ Python process that exits before the fault.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -29,7 +30,15 @@ import ipyparallel as ipp
 import psutil
 import pytest
 import redis
-from support import gated, moi_cli, process_gone, sleeper, wait_for_file, wait_for_status
+from support import (
+    gated,
+    moi_cli,
+    process_gone,
+    sleeper,
+    wait_for_file,
+    wait_for_status,
+    wait_until_listening,
+)
 
 from moi import ctxs, embedded, keys, runtime, watchdog
 from moi.engine import JobSpec, run_job
@@ -545,3 +554,136 @@ def test_a_job_that_starts_while_redis_is_down_runs_once_it_is_back(private_redi
     figure(
         f"Running write after a {OUTAGE:.0f} s Redis outage: done", ended_after(info, back_at), 15
     )
+
+
+# -- Redis killed under running jobs and watching browsers -----------------------------
+WATCHERS = 10
+OUTAGE_JOBS = 20
+#: Seconds Redis stays dead once a job has ended: relay and engines must notice and retry.
+OUTAGE_UNDER_WATCH = 5.0
+
+
+class Watcher:
+    """A websocket client of the server under test, noting the final status of each job."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.final: dict[str, str] = {}
+
+    async def run(self) -> None:
+        while (message := await self.ws.read_message()) is not None:
+            frame = json.loads(message)
+            for verb in ("get", "update", "add"):
+                info = frame.get(verb)
+                if isinstance(info, dict) and is_terminal(info.get("status")):
+                    self.final[info["id"]] = info["status"]
+
+
+def _ws_server(url: str, log: Path) -> tuple[int, subprocess.Popen[bytes]]:
+    """moi's websocket handler in its own process, on the Redis at ``url``."""
+    port = embedded.free_port()
+    script = Path(__file__).with_name("test_faults_ws.py")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), "serve", str(port), str(8 << 20)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "MOI_REDIS_URL": url},
+        )
+    wait_until_listening(port, proc, log.read_text)
+    return port, proc
+
+
+def test_redis_killed_under_running_jobs_and_watching_browsers(private_redis, tmp_path):
+    """kill -9 of Redis while 20 jobs run or wait and 10 browsers watch: nothing is lost."""
+    from test_faults_ws import connect
+
+    server, release = private_redis, tmp_path / "release"
+    store = Store(redis.Redis.from_url(server["url"]), 3600)
+    group = create_info("outage user", "group")
+    store.create(group)
+    store.r.hset(keys.USER_ID_MAP, mapping={"outage-user": group["id"], group["id"]: "outage-user"})
+    jobs = []
+    for n in range(OUTAGE_JOBS):
+        info = create_info(f"outage {n}", "job", parent=group["id"], context="default")
+        store.create(info)
+        spec = JobSpec(
+            id=info["id"],
+            redis_url=server["url"],
+            key_timeout=3600,
+            context="default",
+            parent=group["id"],
+            info=info,
+            max_result_bytes=1 << 20,
+        )
+        jobs.append((info["id"], functools.partial(run_job, spec)))
+    port, ws_proc = _ws_server(server["url"], tmp_path / "ws.log")
+
+    async def campaign() -> tuple[float, float]:
+        watchers = []
+        for _ in range(WATCHERS):
+            ws = await connect(port, "outage-user", OUTAGE_JOBS + 1)
+            watchers.append(Watcher(ws))
+        readers = [asyncio.ensure_future(w.run()) for w in watchers]
+        bv = ctxs["default"].bv
+        ars = [
+            bv.apply_async(wrapped, returns_when_released, str(release), str(tmp_path / f"r{n}"))
+            for n, (_, wrapped) in enumerate(jobs)
+        ]
+        await asyncio.to_thread(_wait_on, store, jobs[0][0], lambda s: s == "Running", 30)
+        killed = time.monotonic()
+        os.kill(server["proc"].pid, signal.SIGKILL)
+        server["proc"].wait(10)
+        release.touch()
+        await asyncio.to_thread(wait_for_file, tmp_path / "r0", 30)  # it ended while Redis was down
+        await asyncio.sleep(OUTAGE_UNDER_WATCH)  # the outage itself: the fault's length
+        _, back = await asyncio.to_thread(_restart, server)
+        for ar in ars:
+            assert await asyncio.to_thread(ar.get, 120) == "the true outcome"
+        ended = {}
+        for job_id, _ in jobs:
+            info = await asyncio.to_thread(_wait_on, store, job_id, is_terminal, 60)
+            ended[job_id] = info["status"]
+        assert set(ended.values()) == {"Success"}, ended  # the true outcome, every one
+        everyone = {job_id: "Success" for job_id, _ in jobs}
+        deadline = time.monotonic() + 60
+        while any(w.final != everyone for w in watchers):
+            assert time.monotonic() < deadline, [len(w.final) for w in watchers]
+            await asyncio.sleep(0.05)
+        delivered = time.monotonic() - back
+        for w in watchers:
+            w.ws.close()
+        await asyncio.gather(*readers, return_exceptions=True)
+        return back - killed, delivered
+
+    try:
+        down, delivered = asyncio.run(campaign())
+    finally:
+        ws_proc.terminate()
+        ws_proc.wait(10)
+    assert store.get(group["id"]) is not None
+    assert len(store.get_many([job_id for job_id, _ in jobs])) == OUTAGE_JOBS  # 0 lost
+    print(
+        f"\nFIGURE Redis kill -9 under {OUTAGE_JOBS} jobs and {WATCHERS} browsers: down "
+        f"{down:.1f} s; every final status in Redis and at all {WATCHERS} browsers "
+        f"({WATCHERS * OUTAGE_JOBS} of {WATCHERS * OUTAGE_JOBS}) {delivered:.1f} s after "
+        "Redis was back; 0 info objects lost"
+    )
+    assert delivered <= 60
+
+
+def test_submit_while_redis_is_down_fails_at_once_and_clearly(moi_env, user):
+    """No job is left Queued by a submit that could not reach Redis: it fails, in one line."""
+    dead = embedded.redis_url(embedded.free_port())
+    client = ctxs["default"].client
+    tasks_before = len(client.hub_history())
+    started = time.monotonic()
+    done = moi_cli(
+        "submit", "--user", user, "--cmd", "return 1", env={**os.environ, "MOI_REDIS_URL": dead}
+    )
+    took = time.monotonic() - started
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach Redis" in lines[0], done.stderr
+    assert len(client.hub_history()) == tasks_before  # nothing was handed to the cluster
+    figure("submit with Redis down: failed", took, 30)
