@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from moi import embedded, runtime
+from moi import embedded, redis_server, runtime
 
 HERE = Path(__file__).resolve().parent
 
@@ -56,12 +56,12 @@ def environment(engines: int = 2) -> Iterator[dict[str, str]]:
     """
     with tempfile.TemporaryDirectory(prefix="moi-bench-") as tmp:
         state = Path(tmp)
-        port = embedded.free_port()
-        redis_proc = embedded.start_redis_server(state / "redis", port)
+        port = redis_server.free_port()
+        redis_proc = redis_server.start_redis_server(state / "redis", port)
         profile = state / "ipython" / "profile_default"
         env = {
             "MOI_STATE_DIR": str(state),
-            "MOI_REDIS_URL": embedded.redis_url(port),
+            "MOI_REDIS_URL": redis_server.redis_url(port),
             "MOI_CONTEXTS": "default",
             "MOI_DEFAULT_CONTEXT": "default",
             "MOI_CLUSTER_FILE_DEFAULT": str(profile / "security" / "ipcontroller-moi-client.json"),
@@ -88,7 +88,7 @@ def environment(engines: int = 2) -> Iterator[dict[str, str]]:
 @contextmanager
 def ws_server(kind: str) -> Iterator[tuple[str, int]]:
     """Run the websocket server ``kind`` (``moi`` or ``original``); yield its URL and pid."""
-    port = embedded.free_port()
+    port = redis_server.free_port()
     proc = subprocess.Popen(
         [sys.executable, str(HERE / "serve.py"), kind, str(port)], env=dict(os.environ)
     )

@@ -11,6 +11,7 @@ engine) follows a restarted server without being told.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -112,3 +113,13 @@ def shown(url: str) -> str:
     if parsed.scheme == "unix":
         return f"unix socket {parsed.path}"
     return url.split("@")[-1]
+
+
+def write_private_text(path: Path, text: str) -> None:
+    """Write ``path`` as a private (0600) file, never through a symbolic link."""
+    with contextlib.suppress(FileNotFoundError):
+        if os.lstat(path).st_mode & (stat.S_IRWXG | stat.S_IRWXO) or os.path.islink(path):
+            os.unlink(path)  # never reuse a file others could read or that points elsewhere
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)

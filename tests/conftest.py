@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from moi import embedded, runtime
+from moi import embedded, redis_server, runtime
 
 
 def _connection(state: Path, name: str) -> Path:
@@ -29,11 +29,11 @@ def _connection(state: Path, name: str) -> Path:
 def moi_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Start Redis, the default cluster and a watchdog; point moi at them."""
     state = tmp_path_factory.mktemp("moi-state")
-    port = embedded.free_port()
-    redis_proc = embedded.start_redis_server(state / "redis", port)
+    port = redis_server.free_port()
+    redis_proc = redis_server.start_redis_server(state / "redis", port)
     env = {
         "MOI_STATE_DIR": str(state),
-        "MOI_REDIS_URL": embedded.redis_url(port),
+        "MOI_REDIS_URL": redis_server.redis_url(port),
         "MOI_CONTEXTS": "default,fragile,offline",
         "MOI_DEFAULT_CONTEXT": "default",
         "MOI_CLUSTER_FILE_DEFAULT": str(_connection(state, "default")),

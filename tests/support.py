@@ -21,7 +21,7 @@ import redis
 from tornado.testing import AsyncHTTPTestCase
 from tornado.web import Application
 
-from moi import embedded, keys, runtime
+from moi import keys, redis_server, runtime
 from moi.relay import Relay
 from moi.websocket import MOIMessageHandler
 
@@ -207,9 +207,9 @@ class OwnRedisCase(AsyncHTTPTestCase):
 
     def setUp(self) -> None:
         self.data_dir = Path(tempfile.mkdtemp(prefix="moi-own-redis-"))
-        self.port = embedded.free_port()
-        self.url = embedded.redis_url(self.port)
-        self.redis_proc = embedded.start_redis_server(self.data_dir, self.port)
+        self.port = redis_server.free_port()
+        self.url = redis_server.redis_url(self.port)
+        self.redis_proc = redis_server.start_redis_server(self.data_dir, self.port)
         super().setUp()
 
     def tearDown(self) -> None:
@@ -228,4 +228,4 @@ class OwnRedisCase(AsyncHTTPTestCase):
     def restart_redis(self) -> None:
         self.redis_proc.terminate()
         self.redis_proc.wait(10)  # appendonly: the data comes back
-        self.redis_proc = embedded.start_redis_server(self.data_dir, self.port)
+        self.redis_proc = redis_server.start_redis_server(self.data_dir, self.port)

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from support import moi_cli, snapshot
 
-from moi import embedded, keys, runtime
+from moi import keys, redis_server, runtime
 from moi.cli import main
 
 UNKNOWN = "4d7e9a10-2b3c-4d5e-8f90-a1b2c3d4e5f6"
@@ -90,7 +90,7 @@ def test_bad_input_is_refused_cleanly(moi_env, user, case, how):
 
 
 def test_unreachable_redis_is_one_line(moi_env, tmp_path):
-    port = embedded.free_port()  # nothing listens there
+    port = redis_server.free_port()  # nothing listens there
     env = dict(moi_env, MOI_REDIS_URL=f"redis://127.0.0.1:{port}/0")
     proc = moi_cli("users", env={**os.environ, **env})
     _check(proc.returncode, proc.stdout, proc.stderr, 1, "Error: cannot reach Redis: ")
@@ -122,7 +122,7 @@ def _submit_with_cluster_file(user: str, content: str, tmp_path) -> None:
 def test_stale_connection_file_is_one_line(moi_env, user, tmp_path):
     """The file of a controller that is gone (say, before a reboot): nobody answers."""
     real = json.loads(Path(moi_env["MOI_CLUSTER_FILE_DEFAULT"]).read_text())
-    port = embedded.free_port()
+    port = redis_server.free_port()
     stale = {
         k: port if isinstance(v, int) and not isinstance(v, bool) else v for k, v in real.items()
     }

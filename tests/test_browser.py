@@ -32,7 +32,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from support import add, moi_cli, wait_for_status, wait_until_listening
 
 import moi
-from moi import embedded, keys, runtime
+from moi import keys, redis_server, runtime
 from moi.group import get_id_from_user
 from moi.job import submit
 
@@ -440,7 +440,7 @@ class MoiServer:
     def __init__(self, user: str, log: Path, read_only: bool = False) -> None:
         self.user = user
         self.token = secrets.token_urlsafe(16)
-        self.port = embedded.free_port()
+        self.port = redis_server.free_port()
         self.read_only = read_only
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
@@ -750,7 +750,7 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "example" / "app.py"
 @pytest.fixture
 def example_app(moi_env, tmp_path) -> Iterator[str]:
     """``example/app.py`` as a subprocess; its base URL."""
-    port = embedded.free_port()
+    port = redis_server.free_port()
     log = tmp_path / "example.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(

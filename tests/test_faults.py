@@ -40,7 +40,7 @@ from support import (
     wait_until_listening,
 )
 
-from moi import ctxs, embedded, keys, runtime, watchdog
+from moi import ctxs, embedded, keys, redis_server, runtime, watchdog
 from moi.engine import JobSpec, run_job
 from moi.group import create_info
 from moi.job import submit, wait, wait_until_received
@@ -465,9 +465,9 @@ def private_redis(moi_env: dict[str, str], tmp_path: Path) -> Iterator[dict[str,
 
     Jobs run on the session's ``default`` cluster (``moi_env``), told to use this server.
     """
-    server = {"port": embedded.free_port(), "dir": tmp_path / "redis"}
-    server["proc"] = embedded.start_redis_server(server["dir"], server["port"])
-    server["url"] = embedded.redis_url(server["port"])
+    server = {"port": redis_server.free_port(), "dir": tmp_path / "redis"}
+    server["proc"] = redis_server.start_redis_server(server["dir"], server["port"])
+    server["url"] = redis_server.redis_url(server["port"])
     dog = subprocess.Popen(
         [sys.executable, "-m", "moi.watchdog"],
         env={**os.environ, "MOI_REDIS_URL": server["url"]},
@@ -514,7 +514,7 @@ def _wait_on(store: Store, job_id: str, accept: Any, timeout: float) -> dict[str
 
 def _restart(server: dict[str, Any]) -> tuple[datetime, float]:
     """Start ``server`` again on its port and data; return when (wall clock, monotonic)."""
-    server["proc"] = embedded.start_redis_server(server["dir"], server["port"])
+    server["proc"] = redis_server.start_redis_server(server["dir"], server["port"])
     return datetime.now(), time.monotonic()
 
 
@@ -581,7 +581,7 @@ class Watcher:
 
 def _ws_server(url: str, log: Path) -> tuple[int, subprocess.Popen[bytes]]:
     """moi's websocket handler in its own process, on the Redis at ``url``."""
-    port = embedded.free_port()
+    port = redis_server.free_port()
     script = Path(__file__).with_name("test_faults_ws.py")
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -674,7 +674,7 @@ def test_redis_killed_under_running_jobs_and_watching_browsers(private_redis, tm
 
 def test_submit_while_redis_is_down_fails_at_once_and_clearly(moi_env, user):
     """No job is left Queued by a submit that could not reach Redis: it fails, in one line."""
-    dead = embedded.redis_url(embedded.free_port())
+    dead = redis_server.redis_url(redis_server.free_port())
     client = ctxs["default"].client
     tasks_before = len(client.hub_history())
     started = time.monotonic()

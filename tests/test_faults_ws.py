@@ -35,7 +35,7 @@ from tornado.httpclient import HTTPRequest
 from tornado.web import create_signed_value
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from moi import embedded
+from moi import redis_server
 from moi.group import create_info, get_id_from_user
 
 SECRET = "faults-secret"
@@ -95,7 +95,7 @@ def update(rate: float, seconds: float, job_ids: list[str]) -> None:
 def server(moi_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
     """The server under test in its own process: ``(port, process, log path)``."""
     cap = SLOW_CAP
-    port = embedded.free_port()
+    port = redis_server.free_port()
     log = tmp_path / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(

@@ -38,7 +38,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.web import create_signed_value
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from moi import embedded
+from moi import redis_server
 from moi.cli import main
 from moi.errors import MoiError
 from moi.web import make_app
@@ -127,7 +127,7 @@ def moi_serve(tmp_path: Path, *args: str, port: int | None = None, **env: str) -
 
     ``env`` is added to the environment, which otherwise has no ``$MOI_TOKEN``.
     """
-    port = port or embedded.free_port()
+    port = port or redis_server.free_port()
     out, err = tmp_path / f"serve-{port}.out", tmp_path / f"serve-{port}-{time.time_ns()}.err"
     environ = {k: v for k, v in os.environ.items() if k != "MOI_TOKEN"} | env
     with out.open("ab") as stdout, err.open("wb") as stderr:
