@@ -183,11 +183,11 @@ def processes_mentioning(text: str, names: Iterable[str] = ()) -> list[psutil.Pr
 
 
 def snapshot(client: redis.Redis) -> dict[str, Any]:
-    """Every key and its value (minus bookkeeping that running jobs touch)."""
+    """Every key and its value (minus bookkeeping that running jobs and the watchdog touch)."""
     readers = {b"string": client.get, b"set": client.smembers, b"hash": client.hgetall}
     found = {}
     for key in client.keys("*"):
-        if key.decode() == keys.LEASES or key.decode().endswith(":cancel"):
+        if key.decode().startswith(keys.PREFIX) or key.decode().endswith(":cancel"):
             continue
         kind = client.type(key)
         found[key.decode()] = readers[kind](key) if kind in readers else kind

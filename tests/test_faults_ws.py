@@ -43,6 +43,8 @@ SECRET = "faults-secret"
 SLOW_CAP = 1024 * 1024
 #: Slowest an update may reach a normal client, in seconds.
 LATENCY_BOUND = 2.0
+#: How long updates flow (500/s) while 20 clients do not read.
+STALL_SECONDS = 30
 #: Most the server under test may grow while 20 clients stop reading.
 RSS_GROWTH_BOUND = 100 * 1024 * 1024
 
@@ -269,7 +271,7 @@ async def _stalled(port: int, pid: int, user: str, jobs: list[str], log: Path) -
     watching = asyncio.ensure_future(observer.run())
     baseline = server.memory_info().rss
     stalled = [await RawClient.connect(port, cookie(user)) for _ in range(20)]
-    load = updater(500, 12, jobs)
+    load = updater(500, STALL_SECONDS, jobs)
     peak = baseline
     while load.poll() is None:  # sample the server's memory while the load runs
         peak = max(peak, server.memory_info().rss)
@@ -278,7 +280,7 @@ async def _stalled(port: int, pid: int, user: str, jobs: list[str], log: Path) -
     await observer.until(total, 10)
     drops = log.read_text().count("dropping the websocket")
     print(
-        f"\n(b) {total} updates in 12 s to 21 clients, 20 of them not reading; "
+        f"\n(b) {total} updates in {STALL_SECONDS} s to 21 clients, 20 of them not reading; "
         f"normal client: {observer.summary()}\n(b) server RSS {baseline / 2**20:.0f} MiB "
         f"before, peak {peak / 2**20:.0f} MiB (+{(peak - baseline) / 2**20:.0f} MiB); "
         f"{drops} slow clients dropped"

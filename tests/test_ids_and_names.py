@@ -176,7 +176,13 @@ def test_a_user_named_as_another_users_group_is_refused(moi_env, user):
     for name in (group_id, group_id.upper(), f"{{{group_id}}}", group_id.replace("-", "")):
         with pytest.raises(InvalidUserError, match="user names cannot be UUIDs"):
             get_id_from_user(name)
-    assert state(client) == before and _tree(ids) == tree
+    after = state(client)
+    changed = {
+        k
+        for k in after["keys"].keys() | before["keys"].keys()
+        if after["keys"].get(k) != before["keys"].get(k)
+    }
+    assert after == before and _tree(ids) == tree, changed
     assert get_id_from_user(user) == group_id  # alice herself is unaffected
     assert get_user_from_id(group_id) == user
 
@@ -193,7 +199,13 @@ def test_the_cli_refuses_a_uuid_as_user_and_writes_nothing(moi_env, user):
     )
     empty = CliRunner().invoke(main, ["submit", "--user", "", "--cmd", "return 1"])
     assert empty.exit_code == 1 and empty.stderr == "Error: a user name cannot be empty\n"
-    assert state(client) == before and _tree(ids) == tree
+    after = state(client)
+    changed = {
+        k
+        for k in after["keys"].keys() | before["keys"].keys()
+        if after["keys"].get(k) != before["keys"].get(k)
+    }
+    assert after == before and _tree(ids) == tree, changed
 
 
 def test_the_websocket_refuses_a_uuid_as_user(moi_env, user):
@@ -211,7 +223,13 @@ def test_the_websocket_refuses_a_uuid_as_user(moi_env, user):
 
     with pytest.raises(InvalidUserError, match="user names cannot be UUIDs"):
         asyncio.run(user_group(group_id))
-    assert state(client) == before and _tree(ids) == tree
+    after = state(client)
+    changed = {
+        k
+        for k in after["keys"].keys() | before["keys"].keys()
+        if after["keys"].get(k) != before["keys"].get(k)
+    }
+    assert after == before and _tree(ids) == tree, changed
     assert asyncio.run(user_group(user)) == group_id
 
 
