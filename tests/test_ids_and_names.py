@@ -167,7 +167,7 @@ def _alice_with_a_job(user: str) -> tuple[str, list[str]]:
 
 def _tree(ids: list[str]) -> dict[str, Any]:
     r = runtime.redis_client()
-    return {i: (r.get(keys.info(i)), r.smembers(keys.children(i)), r.ttl(i)) for i in ids}
+    return {i: (r.get(keys.info(i)), r.smembers(keys.children(i)), r.ttl(i) > 0) for i in ids}
 
 
 def test_a_user_named_as_another_users_group_is_refused(moi_env, user):
