@@ -86,7 +86,11 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def write_json(results: list[Result], path: Path) -> None:
-    """Write ``{name: {value, baseline, ratio, unit, target, ...}}`` to ``path``."""
-    data = {r.name: r.as_json() for r in results}
+def write_json(results: list[Result], path: Path, merge: bool = False) -> None:
+    """Write ``{name: {value, baseline, ratio, unit, target, ...}}`` to ``path``.
+
+    With ``merge``, the figures already in the file for other names are kept.
+    """
+    data = json.loads(path.read_text()) if merge and path.exists() else {}
+    data.update({r.name: r.as_json() for r in results})
     path.write_text(json.dumps(data, indent=2) + "\n")

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import chaining
 import push
 import submit_overhead
 import tree_read
@@ -20,7 +21,12 @@ from results import Result, table, write_json
 from services import HERE, environment, raise_open_files
 
 # tree reads first: later suites leave the process holding many objects
-SUITES = {"tree_read": tree_read, "submit_overhead": submit_overhead, "push": push}
+SUITES = {
+    "tree_read": tree_read,
+    "submit_overhead": submit_overhead,
+    "push": push,
+    "chaining": chaining,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name} took {time.perf_counter() - t0:.1f} s", flush=True)
     print()
     print(table(results))
-    write_json(results, args.out)
+    write_json(results, args.out, merge=bool(args.only))  # --only: keep the others
     print(f"\n{len(results)} figures in {time.perf_counter() - started:.0f} s; wrote {args.out}")
     return 0 if all(r.met is not False for r in results) else 1
 

@@ -21,3 +21,16 @@ def two_round_trips(x: int, redis_url: str, **kwargs: Any) -> int:
     _client.ping()
     _client.ping()
     return x
+
+
+def pong(environ: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """Job: what the ``ping`` type does, as a plain function (the typed job's baseline)."""
+    environ["pong"] = environ.get("ping")
+    return environ
+
+
+def hop(left: int, moi_chain: Any = None, **kwargs: Any) -> int:
+    """Job: ask for the next job of the chain until ``left`` reaches 0."""
+    if left > 0:
+        moi_chain(hop, left - 1, name=f"hop {left - 1}")
+    return left

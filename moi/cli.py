@@ -112,8 +112,16 @@ class _StatusPrinter:
 
     def __init__(self) -> None:
         self.shown: list[str] = []
+        self.job_id: str | None = None
 
     def __call__(self, info: dict[str, Any]) -> None:
+        if self.job_id is not None and info["id"] != self.job_id:  # the next job of a chain
+            self.shown = []
+            click.echo(
+                f"next job of the chain: {printable(info['id'])}  {printable(info['name'])}",
+                err=True,
+            )
+        self.job_id = info["id"]
         status = info["status"]
         if status != Status.QUEUED:
             if not self.shown:
@@ -153,7 +161,7 @@ class _StatusPrinter:
     "--block/--no-block",
     default=False,
     show_default=True,
-    help="Wait for the job, showing its status changes, then print its details.",
+    help="Wait for the job (a chain's last job), showing status changes; print its details.",
 )
 @click.option(
     "--cmd-type",
@@ -200,7 +208,7 @@ def submit(
         job.wait_until_received(ar, ctx.client)  # the job must leave before this process exits
         return
     try:
-        info = job.wait(job_id, on_change=_StatusPrinter())
+        info = job.wait(job_id, on_change=_StatusPrinter(), chain=True)
     except KeyboardInterrupt:
         raise click.ClickException(
             f"stopped waiting; job {job_id} goes on (`moi cancel --job-id {job_id}` stops it)"
@@ -232,6 +240,17 @@ def _typed_environ(job_type: str, text: str | None, path: str | None) -> dict[st
 def job_(job_id: str) -> None:
     """Show the details of a job."""
     click.echo(format_details(runtime.store().require(_job_id(job_id))))
+
+
+@main.command("chain")
+@click.option("--job-id", required=True, help="Id of any job of the chain.")
+def chain_(job_id: str) -> None:
+    """Show the chain a job belongs to: one line per job (id, name, status, duration)."""
+    from moi import chain
+
+    for info in chain.jobs(_job_id(job_id)):
+        fields = (info["id"], info.get("name"), info.get("status"), chain.duration(info))
+        click.echo("\t".join(printable(value) for value in fields))
 
 
 @main.command()

@@ -12,6 +12,7 @@ lose a job's true outcome.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import signal
@@ -19,12 +20,12 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any, TypedDict, TypeVar
+from typing import Any, NotRequired, TypedDict, TypeVar
 
 import redis
 
 from moi import connection
-from moi.errors import JobCancelled
+from moi.errors import ChainError, JobCancelled
 from moi.status import Status, is_terminal
 from moi.store import Store, now
 
@@ -50,6 +51,21 @@ class UnstorableResult(Exception):
     """Raised on the engine for a result moi cannot record: neither JSON nor ``repr()`` holds it."""
 
 
+class ChainState(TypedDict):
+    """Where a job stands in its chain (:mod:`moi.chain`), and the chain's limits."""
+
+    #: The chain's first job (``None`` in the first job itself).
+    root: str | None
+    #: Position in the chain: 0 for the first job.
+    index: int
+    #: When the first job started (epoch seconds), ``None`` until it has.
+    started: float | None
+    #: Most seconds since ``started`` at which a job may still ask for a next one.
+    timeout: float
+    #: Most jobs along one chain.
+    max: float
+
+
 class JobSpec(TypedDict):
     """What the engine-side wrapper needs to know about a job."""
 
@@ -62,6 +78,10 @@ class JobSpec(TypedDict):
     info: dict[str, Any]
     #: Largest result (bytes of JSON) stored in the info object; larger ones get a note.
     max_result_bytes: int
+    #: The cluster's client connection file: the engine hands chained jobs to it.
+    connection_file: NotRequired[str]
+    #: The job's place in its chain.
+    chain: NotRequired[ChainState]
 
 
 @functools.cache
@@ -203,6 +223,44 @@ def update_status(store: Store, job_id: str, new_status: str) -> str:
     return before
 
 
+#: The next jobs the running job asked for (:mod:`moi.chain`); ``None`` between jobs.
+_asked: list[Any] | None = None
+
+
+def ask_next(requests: list[Any]) -> None:
+    """Queue the running job's requests for next jobs; they start once it succeeds.
+
+    Raises
+    ------
+    ChainError
+        Outside a moi job.
+    """
+    if _asked is None:
+        raise ChainError("only a running moi job can ask for the next jobs of its chain")
+    _asked.extend(requests)
+
+
+def in_job() -> bool:
+    """Whether a moi job runs in this process now."""
+    return _asked is not None
+
+
+def _moi_chain(*args: Any, **kwargs: Any) -> None:
+    """The ``moi_chain`` keyword a job function gets; see :func:`moi.chain.request`."""
+    from moi import chain  # the service layer, loaded only when a job chains
+
+    ask_next([chain.request(*args, **kwargs)])
+
+
+def _accepts(func: Callable[..., Any], name: str) -> bool:
+    """Whether ``func`` takes the keyword argument ``name`` (or ``**kwargs``)."""
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is p.VAR_KEYWORD or p.name == name for p in params)
+
+
 def run_job(spec: JobSpec, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run ``func`` as moi job ``spec['id']`` on this engine; return its result.
 
@@ -210,7 +268,9 @@ def run_job(spec: JobSpec, func: Callable[..., Any], *args: Any, **kwargs: Any) 
     while queued raises :class:`JobCancelled` without running), then ends
     ``Success``, ``Failed`` (the formatted traceback as result) or
     ``Cancelled``; an exception is raised again so dependent jobs see it.
+    A job that asked for next jobs (:mod:`moi.chain`) and succeeded starts them.
     """
+    global _asked
     store, job_id = _store(spec["redis_url"], spec["key_timeout"]), spec["id"]
     _start(store, spec)
     kwargs.update(
@@ -218,6 +278,9 @@ def run_job(spec: JobSpec, func: Callable[..., Any], *args: Any, **kwargs: Any) 
         moi_context=spec["context"],
         moi_parent_id=spec["parent"],
     )
+    if _accepts(func, "moi_chain"):
+        kwargs["moi_chain"] = _moi_chain
+    _asked = []
     heartbeat = _get_heartbeat()
     heartbeat.watch(store, job_id)
     try:  # the lease is renewed until the final write lands, however long Redis takes
@@ -226,11 +289,17 @@ def run_job(spec: JobSpec, func: Callable[..., Any], *args: Any, **kwargs: Any) 
                 result = func(*args, **kwargs)
             finally:
                 interrupted = heartbeat.quiet()
+                asked, _asked = _asked, None
         except BaseException as exc:
             _fail_or_cancel(store, job_id, exc, interrupted_by_cancel(exc, heartbeat))
             raise
-        _succeed(store, job_id, result, spec.get("max_result_bytes", DEFAULT_MAX_RESULT_BYTES))
+        limit = spec.get("max_result_bytes", DEFAULT_MAX_RESULT_BYTES)
+        if asked:
+            _succeed_and_chain(store, spec, result, limit, asked)
+        else:
+            _succeed(store, job_id, result, limit)
     finally:
+        _asked = None
         heartbeat.stop()
     if interrupted:
         _forget_cancel(store, job_id)
@@ -288,6 +357,10 @@ def run_typed(
     final = types.execute(environ, where=engine_name())
     if final.get("result") != "SUCCESS":
         raise TypedJobFailed(_within(final, max_result_bytes))
+    if "chain" in final and in_job():
+        from moi import chain
+
+        ask_next(chain.from_environ(final["chain"]))
     return final
 
 
@@ -310,6 +383,9 @@ def _within(environ: dict[str, Any], limit: int) -> dict[str, Any]:
 
 def _start(store: Store, spec: JobSpec) -> None:
     """Write ``Running``, retried while Redis is away; :class:`JobCancelled` if not Queued."""
+    state = spec.get("chain")
+    if state is not None and state["started"] is None:  # the first job of a chain
+        state["started"] = time.time()
     fields = {"status": Status.RUNNING.value, "date_start": now()}
     (started, before), retried = persist(
         lambda: store.update(
@@ -329,7 +405,12 @@ def _fail_or_cancel(store: Store, job_id: str, exc: BaseException, cancelled: bo
     """Record a job that raised; raise :class:`JobCancelled` instead when a cancel stopped it."""
     status = Status.CANCELLED if cancelled else Status.FAILED
     # a typed job that failed keeps its final environ as its result
-    result = exc.environ if isinstance(exc, TypedJobFailed) else traceback.format_exception(exc)
+    if isinstance(exc, TypedJobFailed):
+        result: Any = exc.environ
+    elif isinstance(exc, ChainError):  # a bad chain request: its reason says it all
+        result = [describe(exc) + "\n"]
+    else:
+        result = traceback.format_exception(exc)
     _finish(store, job_id, status, result)
     if cancelled:
         raise JobCancelled(f"job {job_id} was cancelled while running") from None
@@ -343,6 +424,27 @@ def _succeed(store: Store, job_id: str, result: Any, limit: int) -> None:
         _finish(store, job_id, Status.FAILED, [f"{exc}\n"])
         raise
     _finish(store, job_id, Status.SUCCESS, value, note)
+
+
+def _succeed_and_chain(
+    store: Store, spec: JobSpec, result: Any, limit: int, asked: list[Any]
+) -> None:
+    """Record a job that returned and asked for next jobs; start them (:func:`moi.chain.hand_on`).
+
+    A request past a limit fails the job with the reason, and raises.
+    """
+    from moi import chain  # the service layer, loaded only when a job chains
+
+    try:
+        value, note = storable(result, limit)
+    except UnstorableResult as exc:
+        _finish(store, spec["id"], Status.FAILED, [f"{exc}\n"])
+        raise
+    try:
+        chain.hand_on(store, spec, value, note, asked)
+    except ChainError as exc:  # past a limit: nothing was written yet
+        _finish(store, spec["id"], Status.FAILED, [describe(exc) + "\n"])
+        raise
 
 
 def interrupted_by_cancel(exc: BaseException, heartbeat: Heartbeat) -> bool:

@@ -30,3 +30,7 @@ class ClusterUnavailableError(MoiError):
 
 class JobCancelled(Exception):
     """Raised on the engine for a job cancelled before or while it ran."""
+
+
+class ChainError(MoiError):
+    """A job's request for the next jobs of its chain that cannot be met (malformed, a limit)."""

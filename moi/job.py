@@ -21,7 +21,7 @@ from typing import Any
 
 import ipyparallel as ipp
 
-from moi import ctxs, keys, runtime
+from moi import ctxs, engine, keys, runtime
 from moi.context import Context, _connection_file, resolve
 from moi.engine import DEFAULT_MAX_RESULT_BYTES, JobSpec, run_job, run_typed
 from moi.errors import MoiError
@@ -110,6 +110,8 @@ def _submit(
     info = create_info(name, "job", url=url, parent=parent_id, context=context.name)
     info.update(fields or {})
     parent = create_info("unnamed", "group", id=parent_id)
+    from moi import chain  # the service layer: a chain's limits are read here
+
     spec = JobSpec(
         id=info["id"],
         redis_url=runtime.redis_url(),
@@ -118,6 +120,8 @@ def _submit(
         parent=parent_id,
         info=info,
         max_result_bytes=max_result_bytes(),
+        connection_file=_connection_file_of(context),
+        chain=chain.limits(),
     )
     # the Queued write's round trip overlaps handing the task over; an engine
     # that starts the job before the write lands writes the info itself
@@ -181,7 +185,9 @@ def submit_type(
     environ = types.check(environ, job_type)
     fields = {"job_type": job_type}
     limit = {"max_result_bytes": max_result_bytes()}
-    return _submit(ctx, parent_id, name, url, fields, run_typed, (environ,), limit)
+    # a partial is pickled by reference: a smaller task than the function canned by its code
+    typed = functools.partial(run_typed)
+    return _submit(ctx, parent_id, name, url, fields, typed, (environ,), limit)
 
 
 def _task(context: Context, ar: ipp.AsyncResult) -> dict[str, str]:
@@ -280,17 +286,37 @@ def submit_nouser(
     return submit(None, "no-user", "unnamed", None, func, *args, **kwargs)
 
 
-def system_call(cmd: str, **kwargs: Any) -> tuple[str, str, int]:
+def system_call(cmd: str, env: dict[str, str] | None = None, **kwargs: Any) -> tuple[str, str, int]:
     """Run shell command ``cmd``; return ``(stdout, stderr, returncode)``.
+
+    ``env`` adds environment variables.  In a moi job, the lines the command
+    prints that start with ``MOI-CHAIN `` ask for the next jobs (:mod:`moi.chain`).
 
     Raises
     ------
     ValueError
         When the command exits non-zero, with its output in the message.
     """
+    stdout, stderr, returncode = run_command(cmd, env)
+    if returncode != 0:
+        raise ValueError(f"Failed to execute: {cmd}\nstdout: {stdout}\nstderr: {stderr}")
+    if "MOI-CHAIN " in stdout and engine.in_job():
+        from moi import chain
+
+        engine.ask_next(chain.from_stdout(stdout))
+    return stdout, stderr, returncode
+
+
+def run_command(cmd: str, env: dict[str, str] | None = None) -> tuple[str, str, int]:
+    """Run ``cmd`` in the shell (its own process group, ``env`` added to the environment).
+
+    Returns ``(stdout, stderr, returncode)``.  An interrupt (a cancel) kills
+    the whole process group before it is raised again.
+    """
     proc = subprocess.Popen(
         cmd,
         shell=True,
+        env={**os.environ, **env} if env else None,
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -302,8 +328,6 @@ def system_call(cmd: str, **kwargs: Any) -> tuple[str, str, int]:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         raise
-    if proc.returncode != 0:
-        raise ValueError(f"Failed to execute: {cmd}\nstdout: {stdout}\nstderr: {stderr}")
     return stdout, stderr, proc.returncode
 
 
@@ -325,9 +349,12 @@ def check_python(cmd: str) -> None:
 def python_call(cmd: str, **kwargs: Any) -> Any:
     """Run Python source ``cmd`` as a function body; return what it returns.
 
-    ``moi_update_status`` is available to the code as a name.
+    ``moi_update_status`` and ``moi_chain`` are available to the code as names.
     """
-    namespace: dict[str, Any] = {"moi_update_status": kwargs.get("moi_update_status")}
+    namespace: dict[str, Any] = {
+        "moi_update_status": kwargs.get("moi_update_status"),
+        "moi_chain": kwargs.get("moi_chain"),
+    }
     exec(compile(python_source(cmd), "<moi-cmd>", "exec"), namespace)
     return namespace["_moi_cmd"]()
 
@@ -378,6 +405,7 @@ def wait(
     job_id: str,
     timeout: float | None = None,
     on_change: Callable[[dict[str, Any]], None] | None = None,
+    chain: bool = False,
 ) -> dict[str, Any]:
     """Block until job ``job_id`` ends; return its final info object.
 
@@ -385,9 +413,13 @@ def wait(
     ----------
     job_id : str
     timeout : float, optional
-        Seconds to wait at most (forever when omitted).
+        Seconds to wait at most (forever when omitted), in all.
     on_change : callable, optional
         Called with the info object each time its status changes.
+    chain : bool
+        Wait for the chain's last job (:mod:`moi.chain`): follow each ended
+        job's ``chained_to`` (its last id when it asked for several) and
+        return the info of the job that asked for no next one.
 
     Raises
     ------
@@ -396,8 +428,23 @@ def wait(
     TimeoutError
         When ``timeout`` passes first.
     """
-    store = runtime.store()
     deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        info = _wait_one(job_id, deadline, timeout, on_change)
+        following = info.get("chained_to") if chain else None
+        if not following or not isinstance(following, list):
+            return info
+        job_id = str(following[-1])
+
+
+def _wait_one(
+    job_id: str,
+    deadline: float | None,
+    timeout: float | None,
+    on_change: Callable[[dict[str, Any]], None] | None,
+) -> dict[str, Any]:
+    """:func:`wait` for one job, until ``deadline`` (monotonic)."""
+    store = runtime.store()
     with runtime.redis_client().pubsub(ignore_subscribe_messages=True) as sub:
         sub.subscribe(keys.pubsub(job_id))
         last = None

@@ -141,10 +141,7 @@ REAPED_MEMORY = 86400
 #: submitter's write lands), or ``''``.  A job leaving ``Queued`` loses its
 #: task bookkeeping (:data:`moi.keys.QUEUED`) in the same step.
 #: Returns ``{applied (0/1), status before}``; ``{-1, ''}`` for an unknown id.
-UPDATE = (
-    "redis.replicate_commands()\n"
-    + _PRELUDE
-    + """
+_UPDATE_BODY = """
 local id, ttl, guard, lease_op = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local cur = redis.call('GET', KEYS[1])
 if not cur then
@@ -168,9 +165,46 @@ if lease_op == 'add' then
 elseif lease_op == 'remove' then
   redis.call('ZREM', KEYS[3], id)
 end
+__AFTER__
 return {1, status}
 """
+UPDATE = "redis.replicate_commands()\n" + _PRELUDE + _UPDATE_BODY.replace("__AFTER__", "")
+
+#: :data:`UPDATE` ending a job that asked for the next jobs of its chain: when the
+#: update applies, the next jobs' Queued info objects are written in the same step,
+#: each added to its parent's children (``add`` published) with its Queued
+#: bookkeeping (no msg_id yet: the engine adds it once the cluster has the task).
+#: KEYS and ARGV as for UPDATE, plus a last ARGV: a JSON list of ``{id, info,
+#: children, parent, channel, message, entry, since}`` (keys and raw values).
+CHAIN = (
+    "redis.replicate_commands()\n"
+    + _PRELUDE
+    + "local created = cjson.decode(table.remove(ARGV))\n"
+    + _UPDATE_BODY.replace(
+        "__AFTER__",
+        """
+for _, c in ipairs(created) do
+  redis.call('SET', c.id, c.info, 'EX', ttl)
+  redis.call('SADD', c.children, c.id)
+  redis.call('EXPIRE', c.children, ttl)
+  redis.call('EXPIRE', c.parent, ttl)
+  redis.call('PUBLISH', c.channel, c.message)
+  redis.call('ZADD', QUEUED_KEY, c.since, c.id)
+  redis.call('HSET', QUEUED_TASKS_KEY, c.id, c.entry)
+end
+""",
+    )
 )
+
+#: Record a chained job's task (msg_id) once handed over, if it is still Queued-tracked.
+#: KEYS: queued, queued tasks.  ARGV: id, entry.
+RECORD_TASK = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  return 1
+end
+return 0
+"""
 
 #: Cancel a job: a queued one ends ``Cancelled`` at once (and loses its task
 #: bookkeeping), a running one gets its cancel flag set for the engine to act on.

@@ -168,6 +168,8 @@ class Store:
         self._reap = client.register_script(lua.REAP)
         self._tree = client.register_script(lua.TREE)
         self._detach = client.register_script(lua.DETACH)
+        self._chain = client.register_script(lua.CHAIN)
+        self._record_task = client.register_script(lua.RECORD_TASK)
         self._creating_lock = threading.Lock()
         self._creating_connection: Any = None
         self._creating_owed = 0  # replies of commands sent after the last creating()
@@ -380,6 +382,48 @@ class Store:
         if applied == -1:
             raise UnknownIdError(f"unknown job or group id: {node_id}")
         return applied == 1, status.decode()
+
+    def update_and_create(
+        self,
+        node_id: str,
+        fields: dict[str, Any],
+        created: list[tuple[dict[str, Any], dict[str, Any]]],
+        since: float,
+        guard: Guard = "any",
+        lease: tuple[str, float] | None = None,
+    ) -> tuple[bool, str]:
+        """:meth:`update`, and when it applies, create Queued jobs in the same atomic step.
+
+        Each of ``created`` is ``(info, task)``: the new job's info object (its
+        parent is an existing group) and its watchdog bookkeeping without a
+        ``msg_id`` yet (:meth:`record_task` adds it).  A job whose bookkeeping
+        never gets one is failed by the watchdog as lost.
+        """
+        payload = []
+        for info, task in created:
+            node_id_new, parent = keys.check_node_id(info["id"]), info["parent"]
+            payload.append(
+                {
+                    "id": keys.info(node_id_new),
+                    "info": json.dumps(info),
+                    "children": keys.children(parent),
+                    "parent": keys.info(parent),
+                    "channel": keys.pubsub(parent),
+                    "message": json.dumps({"add": [node_id_new]}),
+                    "entry": json.dumps({**task, "since": since}),
+                    "since": repr(since),
+                }
+            )
+        call = update_call(node_id, fields, self.key_timeout, guard, lease)
+        applied, status = self._chain(keys=call["keys"], args=[*call["args"], json.dumps(payload)])
+        if applied == -1:
+            raise UnknownIdError(f"unknown job or group id: {node_id}")
+        return applied == 1, status.decode()
+
+    def record_task(self, job_id: str, task: dict[str, Any], since: float) -> bool:
+        """Add the handed-over task of a Queued job to its bookkeeping, if it still has some."""
+        entry = json.dumps({**task, "since": since})
+        return bool(self._record_task(keys=[keys.QUEUED, keys.QUEUED_TASKS], args=[job_id, entry]))
 
     def cancel(self, job_id: str, reason: str) -> str:
         """Cancel a queued job or flag a running one; see :data:`moi.lua.CANCEL`."""

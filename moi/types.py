@@ -28,8 +28,6 @@ import functools
 import importlib
 import json
 import os
-import signal
-import subprocess
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator
@@ -143,25 +141,21 @@ def python(environ: Environ) -> Environ:
 
 
 def system(environ: Environ) -> Environ:
-    """Run cmd in the shell; set stdout, stderr, returncode; a non-zero exit fails."""
-    cmd = _cmd(environ)
-    proc = subprocess.Popen(
-        cmd,
-        shell=True,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate()
-    except BaseException:  # a cancel interrupts us: take the command down too
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise
-    environ.update(stdout=stdout, stderr=stderr, returncode=proc.returncode)
-    if proc.returncode != 0:
-        raise Failure(f"the command exited with status {proc.returncode}", environ)
+    """Run cmd in the shell; set stdout, stderr, returncode; a non-zero exit fails.
+
+    Lines it prints starting with ``MOI-CHAIN `` are added to the environ's
+    ``chain`` (see :mod:`moi.chain`).
+    """
+    from moi.job import run_command
+
+    stdout, stderr, returncode = run_command(_cmd(environ))
+    environ.update(stdout=stdout, stderr=stderr, returncode=returncode)
+    if returncode != 0:
+        raise Failure(f"the command exited with status {returncode}", environ)
+    if "MOI-CHAIN " in stdout:  # the command asks for next jobs (moi.chain)
+        from moi import chain
+
+        environ["chain"] = [*environ.get("chain", []), *chain.entries_from_stdout(stdout)]
     return environ
 
 

@@ -18,7 +18,9 @@ dependencies) is left alone; one that ipyparallel failed (a dependency
 failed, the engine holding it died) fails its job with the reason; one the
 controller does not know after ``GRACE`` seconds (it restarted), or whose
 controller has not answered for ``GRACE`` seconds, is lost: the job fails
-with :data:`LOST`.
+with :data:`LOST`.  A chained job's bookkeeping is written with no task
+(:mod:`moi.chain`): its asking job's engine adds the task once it has handed
+the job over; one still without a task after ``GRACE`` seconds is lost too.
 
 It runs beside the embedded cluster, inside ``moi serve``, or alone as
 ``python -m moi.watchdog`` (``moi watchdog``) for any other deployment; it
@@ -53,6 +55,11 @@ REASON = (
     "it probably died or lost its connection"
 )
 LOST = "lost by the cluster (controller restarted or engine died before it started)"
+#: Note on a chained job whose asking job's engine never handed it to the cluster.
+NOT_HANDED_OVER = (
+    "the engine of job {} asked for it but never handed it to the cluster "
+    "(it probably died right after its job ended)"
+)
 
 #: Seconds between two looks at the Queued jobs, and the age at which a job is first
 #: looked at (a pending task is looked at again this long after).
@@ -240,10 +247,15 @@ class Reconciler:
             gone = {job_id for job_id, task, info in due if not _still_queued(task, info)}
             store.forget_queued(gone)
             by_file: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+            unsent = []
             for job_id, task, _ in due:
-                if job_id not in gone:
+                if job_id in gone:
+                    continue
+                if "msg_id" in task:
                     by_file[task["connection_file"]].append((job_id, task))
-            failed = []
+                else:  # a chained job whose engine has not handed it over (yet)
+                    unsent.append((job_id, task))
+            failed = self._settle_unsent(store, unsent, started)
             for path, jobs in by_file.items():
                 failed += self._settle(store, self._controller(path), jobs, started)
             return failed
@@ -274,6 +286,19 @@ class Reconciler:
             store.check_queued_later(waiting, started)
         return failed
 
+    def _settle_unsent(
+        self, store: Store, jobs: list[tuple[str, dict[str, Any]]], started: float
+    ) -> list[str]:
+        """Fail chained jobs not handed to the cluster within ``grace`` s; return their ids."""
+        failed, waiting = [], []
+        for job_id, task in jobs:
+            if started - float(task.get("since", 0)) < self.grace:
+                waiting.append(job_id)
+            elif _fail(store, job_id, (LOST, NOT_HANDED_OVER.format(task.get("chained_from")))):
+                failed.append(job_id)
+        store.check_queued_later(waiting, started)
+        return failed
+
     def _verdicts(self, controller: Controller, msg_ids: list[str]) -> dict[str, Verdict]:
         """Each task's verdict; all lost once the controller is silent for ``grace`` s."""
         try:
@@ -298,7 +323,7 @@ class Reconciler:
 
 def _still_queued(task: Any, info: dict[str, Any] | None) -> bool:
     """Whether a bookkeeping entry still describes a Queued job the watchdog can check."""
-    readable = isinstance(task, dict) and {"msg_id", "connection_file"} <= task.keys()
+    readable = isinstance(task, dict) and "connection_file" in task
     return readable and info is not None and info.get("status") == Status.QUEUED
 
 
