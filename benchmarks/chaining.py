@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 import workload
-from results import Result
+from results import Result, interleaved
 
 from moi import chain, job, runtime
 from moi.context import resolve
@@ -50,12 +50,7 @@ def _typed_vs_function(quick: bool) -> list[Result]:
             ar.get(timeout=600)
         return time.perf_counter() - start
 
-    for submit_one in sides.values():
-        wall(submit_one)  # warm up: imports and the type registry on the engines
-    times: dict[str, list[float]] = {side: [] for side in sides}
-    for round_ in range(ROUNDS):
-        for side in list(sides) if round_ % 2 == 0 else list(sides)[::-1]:
-            times[side].append(wall(sides[side]))
+    times = interleaved(sides, wall, ROUNDS)  # the warm-up loads the type registry too
     best = min(times["typed"]) / min(times["function"])
     return [
         Result(

@@ -8,6 +8,7 @@ import operator
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 _CHECKS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
@@ -94,3 +95,20 @@ def write_json(results: list[Result], path: Path, merge: bool = False) -> None:
     data = json.loads(path.read_text()) if merge and path.exists() else {}
     data.update({r.name: r.as_json() for r in results})
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def interleaved(
+    sides: dict[str, Any], wall: Callable[[Any], float], rounds: int
+) -> dict[str, list[float]]:
+    """Time each side ``rounds`` times with ``wall``, after one warm-up each.
+
+    Rounds take turns going first, so neither side always runs on a machine
+    the other just warmed (or loaded).
+    """
+    for run_one in sides.values():
+        wall(run_one)  # warm up: connections, imports on the engines
+    times: dict[str, list[float]] = {side: [] for side in sides}
+    for round_ in range(rounds):
+        for side in list(sides) if round_ % 2 == 0 else list(sides)[::-1]:
+            times[side].append(wall(sides[side]))
+    return times

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import workload
-from results import Result
+from results import Result, interleaved
 
 from moi import job, runtime
 from moi.context import resolve
@@ -49,13 +49,7 @@ def run(quick: bool) -> list[Result]:
             ar.get(timeout=600)
         return time.perf_counter() - start
 
-    for submit_one in sides.values():
-        wall(submit_one)  # warm up: connections, imports on the engines
-    times: dict[str, list[float]] = {side: [] for side in sides}
-    for round_ in range(ROUNDS):
-        order = list(sides) if round_ % 2 == 0 else list(sides)[::-1]
-        for side in order:
-            times[side].append(wall(sides[side]))
+    times = interleaved(sides, wall, ROUNDS)
     best = min(times["moi"]) / min(times["baseline"])
     return [
         Result(
