@@ -16,7 +16,6 @@ cluster.  The first chain warms the engines' clients up and is not counted.
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -43,14 +42,7 @@ def _typed_vs_function(quick: bool) -> list[Result]:
         )[2],
     }
 
-    def wall(submit_one: Callable[[int], Any]) -> float:
-        start = time.perf_counter()
-        results = [submit_one(i) for i in range(jobs)]
-        for ar in results:
-            ar.get(timeout=600)
-        return time.perf_counter() - start
-
-    times = interleaved(sides, wall, ROUNDS)  # the warm-up loads the type registry too
+    times = interleaved(sides, jobs, ROUNDS)
     best = min(times["typed"]) / min(times["function"])
     return [
         Result(

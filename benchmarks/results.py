@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import operator
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -98,15 +99,25 @@ def write_json(results: list[Result], path: Path, merge: bool = False) -> None:
 
 
 def interleaved(
-    sides: dict[str, Any], wall: Callable[[Any], float], rounds: int
+    sides: dict[str, Callable[[int], Any]], jobs: int, rounds: int
 ) -> dict[str, list[float]]:
-    """Time each side ``rounds`` times with ``wall``, after one warm-up each.
+    """Seconds each side takes to submit ``jobs`` jobs and hold every result, ``rounds`` times.
 
-    Rounds take turns going first, so neither side always runs on a machine
-    the other just warmed (or loaded).
+    ``sides`` maps a name to a function submitting job ``i`` and returning its
+    AsyncResult.  Each side runs once first as a warm-up (connections, imports
+    on the engines); rounds take turns going first, so neither side always runs
+    on a machine the other just warmed (or loaded).
     """
-    for run_one in sides.values():
-        wall(run_one)  # warm up: connections, imports on the engines
+
+    def wall(submit_one: Callable[[int], Any]) -> float:
+        start = time.perf_counter()
+        results = [submit_one(i) for i in range(jobs)]
+        for ar in results:
+            ar.get(timeout=600)
+        return time.perf_counter() - start
+
+    for submit_one in sides.values():
+        wall(submit_one)
     times: dict[str, list[float]] = {side: [] for side in sides}
     for round_ in range(rounds):
         for side in list(sides) if round_ % 2 == 0 else list(sides)[::-1]:

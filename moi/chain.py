@@ -39,7 +39,7 @@ from typing import Any
 
 import ipyparallel as ipp
 
-from moi import runtime
+from moi import config, runtime
 from moi.engine import ChainState, JobSpec, run_job, run_typed
 from moi.errors import ChainError, MoiError
 from moi.group import create_info
@@ -74,22 +74,9 @@ def limits() -> ChainState:
     MoiError
         When a variable is not a positive number.
     """
-    timeout = _positive("MOI_CHAIN_TIMEOUT", DEFAULT_TIMEOUT, float)
-    most = int(_positive("MOI_CHAIN_MAX", DEFAULT_MAX, int))
+    timeout = float(config.positive(os.environ, "MOI_CHAIN_TIMEOUT", DEFAULT_TIMEOUT, float))
+    most = int(config.positive(os.environ, "MOI_CHAIN_MAX", DEFAULT_MAX))
     return ChainState(root=None, index=0, started=None, timeout=timeout, max=most)
-
-
-def _positive(name: str, default: float, kind: type) -> float:
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise MoiError(f"{name} must be a positive number, not {raw!r}")
-    return float(value)
 
 
 def _typed(job_type: Any, environ: Any, name: Any) -> Request:

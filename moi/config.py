@@ -83,15 +83,28 @@ def _default_state_dir(env: Mapping[str, str]) -> Path:
     return Path(base) / "moi"
 
 
-def _key_timeout(env: Mapping[str, str]) -> int:
-    raw = env.get("MOI_KEY_TIMEOUT", str(DEFAULT_KEY_TIMEOUT))
+def positive(env: Mapping[str, str], name: str, default: float, kind: type = int) -> float:
+    """The positive number (``int`` or ``float``) variable ``name`` holds, or ``default``.
+
+    Raises
+    ------
+    MoiError
+        When the variable is set to anything but a positive number.
+    """
+    raw = env.get(name)
+    if raw is None:
+        return default
     try:
-        seconds = int(raw)
+        value = kind(raw)
     except ValueError:
-        seconds = 0
-    if seconds <= 0:
-        raise MoiError(f"MOI_KEY_TIMEOUT must be a positive number of seconds, not {raw!r}")
-    return seconds
+        value = 0
+    if value <= 0:
+        raise MoiError(f"{name} must be a positive number, not {raw!r}")
+    return value
+
+
+def _key_timeout(env: Mapping[str, str]) -> int:
+    return int(positive(env, "MOI_KEY_TIMEOUT", DEFAULT_KEY_TIMEOUT))
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:

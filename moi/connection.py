@@ -12,6 +12,7 @@ engine) follows a restarted server without being told.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import stat
@@ -29,32 +30,43 @@ from moi.errors import MoiError
 SECRET_FILE = "redis.json"
 
 
-def read_private_json(path: Path) -> dict[str, Any] | None:
-    """Read a JSON file that must be ours and private; ``None`` when missing or garbled.
+def read_private_text(path: Path) -> str:
+    """The content of ``path``: a regular file of yours that only you can read.
+
+    Never follows a symbolic link (nor blocks on a FIFO).
 
     Raises
     ------
+    FileNotFoundError
+        When ``path`` does not exist.
     MoiError
-        When ``path`` is a symbolic link, another user's file, or readable
-        by group or others.
+        When ``path`` is a symbolic link, not a regular file, another user's,
+        or open to group or others: someone else may have planted it.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
-        return None
+        raise
     except OSError as exc:
-        raise MoiError(f"refusing {path}: {exc.strerror} (is it a symbolic link?)") from None
+        reason = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+        raise MoiError(f"refusing {path}: {reason}") from None
     with os.fdopen(fd) as handle:
         info = os.fstat(handle.fileno())
-        if info.st_uid != os.geteuid() or info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
             raise MoiError(
-                f"refusing {path}: it must belong to you and be private (chmod 600), "
-                "someone else may have planted it"
+                f"refusing {path}: it must be a regular file of yours that only you can read "
+                f"(chmod 600 {path}); someone else may have planted it"
             )
-        try:
-            data = json.load(handle)
-        except ValueError:
-            return None
+        return handle.read()
+
+
+def read_private_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from a private file (:func:`read_private_text`); ``None`` when missing
+    or garbled."""
+    try:
+        data = json.loads(read_private_text(path))
+    except (FileNotFoundError, ValueError):
+        return None
     return data if isinstance(data, dict) else None
 
 

@@ -153,10 +153,10 @@ def ensure_redis(state_dir: Path) -> str:
     """
     check_state_dir(state_dir)
     url = embedded_url(state_dir)
-    if _embedded_alive(state_dir, url):
+    if redis_running(state_dir):
         return url
     with state_lock(state_dir):
-        if _embedded_alive(state_dir, url):
+        if redis_running(state_dir):
             return url
         known = _read_json(state_dir / _REDIS_FILE) or {}
         if pid_alive(known.get("pid")) and _is_our_server(known["pid"], state_dir):
@@ -200,13 +200,11 @@ def _start_embedded_redis(state_dir: Path) -> tuple[str, Path]:
     return binary, sock
 
 
-def _embedded_alive(state_dir: Path, url: str) -> bool:
-    return _socket_is_mine(redis_socket(state_dir)) and redis_server.answers(url)
-
-
 def redis_running(state_dir: Path) -> bool:
     """Whether the embedded Redis of ``state_dir`` runs and answers (never starts it)."""
-    return _embedded_alive(state_dir, embedded_url(state_dir))
+    return _socket_is_mine(redis_socket(state_dir)) and redis_server.answers(
+        embedded_url(state_dir)
+    )
 
 
 def _is_our_server(pid: int, state_dir: Path) -> bool:
@@ -378,7 +376,7 @@ def supervise(state_dir: Path, wanted_engines: int, redis_too: bool = True) -> l
 def _restart_what_died(
     state_dir: Path, wanted_engines: int, redis_too: bool, restarted: list[str]
 ) -> None:
-    if redis_too and not _embedded_alive(state_dir, embedded_url(state_dir)):
+    if redis_too and not redis_running(state_dir):
         ensure_redis(state_dir)
         restarted.append("redis")
     if connection_file(state_dir).exists() and not cluster_state(state_dir):
@@ -438,7 +436,7 @@ def status(state_dir: Path) -> list[tuple[str, str, str, str]]:
     """Rows of ``(component, state, where, since)`` for the embedded services."""
     check_state_dir(state_dir)
     known = _read_json(state_dir / _REDIS_FILE) or {}
-    redis_up = _embedded_alive(state_dir, embedded_url(state_dir))
+    redis_up = redis_running(state_dir)
     server = known.get("server") or redis_server.server_version(redis_server.redis_binary())
     rows = [
         (

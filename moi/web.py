@@ -29,7 +29,7 @@ from urllib.parse import urlencode
 import tornado.web
 from tornado.ioloop import IOLoop, PeriodicCallback
 
-from moi import embedded, job, runtime, watchdog
+from moi import connection, embedded, job, runtime, watchdog
 from moi.context import resolve
 from moi.errors import MoiError
 from moi.group import create_info, get_id_from_user
@@ -389,12 +389,7 @@ def load_cookie_secret(state_dir: Path) -> str:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_hex(32))
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd) as handle:
-        info = os.fstat(handle.fileno())
-        if info.st_uid != os.geteuid() or info.st_mode & 0o077:
-            raise MoiError(f"refusing {path}: it must belong to you and be private (chmod 600)")
-        return handle.read().strip()
+    return connection.read_private_text(path).strip()
 
 
 def make_app(

@@ -11,16 +11,13 @@ the login's ``next`` check.  :mod:`moi.web` wires them into its handlers.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import hmac
 import ipaddress
 import json
 import math
-import os
 import re
 import secrets
-import stat
 import time
 from collections import deque
 from collections.abc import Callable
@@ -32,6 +29,7 @@ from urllib.parse import unquote, urlsplit
 import tornado.web
 from tornado.httputil import HTTPServerRequest
 
+from moi.connection import read_private_text
 from moi.errors import MoiError
 
 #: Shortest login token accepted: shorter ones are too easy to guess.
@@ -95,20 +93,11 @@ def read_token_file(path: Path) -> str:
         others, or empty.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as exc:
-        reason = (
-            "a symbolic link: give the file itself" if exc.errno == errno.ELOOP else exc.strerror
-        )
-        raise TokenError(f"--token-file {path}: {reason}") from None
-    with os.fdopen(fd) as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-            raise TokenError(
-                f"--token-file {path}: must be a regular file owned by you that only you "
-                f"can read (chmod 600 {path})"
-            )
-        token = handle.read().strip()
+        token = read_private_text(path).strip()
+    except FileNotFoundError:
+        raise TokenError(f"--token-file {path}: No such file") from None
+    except MoiError as exc:
+        raise TokenError(f"--token-file: {exc}") from None
     if not token:
         raise TokenError(f"--token-file {path}: the file is empty")
     return token

@@ -208,6 +208,6 @@ def test_a_planted_cookie_secret_is_refused(shared_base):
         load_cookie_secret(state)
     (state / "cookie_secret").unlink()
     (state / "cookie_secret").symlink_to(shared_base / "elsewhere")
-    with pytest.raises(OSError):
+    with pytest.raises(MoiError, match="symbolic link"):
         load_cookie_secret(state)
     assert not (shared_base / "elsewhere").exists()
