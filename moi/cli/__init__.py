@@ -493,5 +493,9 @@ def serve(
         raise MoiError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
+# Command groups that grew past a few commands live in modules of their own,
+# registered on ``main`` when imported here (each module imports ``main``).
+# from moi.cli import keys as _keys  # noqa: E402,F401  (example)
+
 if __name__ == "__main__":
     main()
