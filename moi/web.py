@@ -27,7 +27,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 import tornado.web
+from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop, PeriodicCallback
+from tornado.netutil import bind_sockets
 
 from moi import connection, embedded, job, runtime, watchdog
 from moi.context import resolve
@@ -501,7 +503,10 @@ async def serve(
         session_hours=session_hours,
         allowed_hosts=allowed_hosts,
     )
-    server = app.listen(port, address=host, xheaders=behind_proxy)
+    sockets = bind_sockets(port, address=host)
+    port = sockets[0].getsockname()[1]  # the one picked when asked for port 0
+    server = HTTPServer(app, xheaders=behind_proxy)
+    server.add_sockets(sockets)
     start_watchdog()
     shown = "127.0.0.1" if host in ("", "0.0.0.0") else f"[{host}]" if ":" in host else host
     print(
