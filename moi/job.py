@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import functools
 import json
+import linecache
 import os
 import reprlib
 import signal
@@ -430,7 +431,10 @@ def python_call(cmd: str, **kwargs: Any) -> Any:
         "moi_update_status": kwargs.get("moi_update_status"),
         "moi_chain": kwargs.get("moi_chain"),
     }
-    exec(python_code(cmd), namespace)
+    code = python_code(cmd)
+    # a traceback shows the command's own lines (one job at a time runs on an engine)
+    linecache.cache["<moi-cmd>"] = (len(cmd), None, cmd.splitlines(True), "<moi-cmd>")
+    exec(code, namespace)
     return namespace["_moi_cmd"]()
 
 

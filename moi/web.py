@@ -288,7 +288,7 @@ class SubmitGroupHandler(DashboardHandler):
 
 
 #: Info fields the job page leaves out (internal, or shown elsewhere on it).
-HIDDEN_FIELDS = frozenset({"pubsub", "type", "result", "name", "status"})
+HIDDEN_FIELDS = frozenset({"pubsub", "type", "result", "name", "status", "call"})
 #: The statuses a group page counts, in its order; a job's own status text counts as Running.
 COUNTED = ("Queued", "Running", "Success", "Failed", "Cancelled")
 

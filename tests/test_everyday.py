@@ -185,7 +185,7 @@ def test_python_commands_report_the_users_line_numbers(moi_env, user):
 
     job_id = cli_submit(user, "--cmd", "x = 1\ny = x / 0\nreturn y")
     lines = wait(job_id, timeout=60)["result"]
-    assert lines[1].startswith('  File "<moi-cmd>", line 2, in _moi_cmd')
+    assert lines[1].startswith('  File "<moi-cmd>", line 2, in _moi_cmd\n    y = x / 0\n')
     assert not any("python_call" in line for line in lines)
 
     job_id = cli_submit(user, "--cmd", "return 1 / 0")

@@ -18,7 +18,7 @@
   const TERMINAL = new Set(["Success", "Failed", "Cancelled"]);
   const COUNTED = ["Queued", "Running", "Success", "Failed", "Cancelled"];
   /** Info fields a job page leaves out (internal, or shown elsewhere on it). */
-  const HIDDEN = new Set(["pubsub", "type", "result", "name", "status"]);
+  const HIDDEN = new Set(["pubsub", "type", "result", "name", "status", "call"]);
 
   /** A Date from a server date string like "2026-11-22 20:53:46.526574", or null. */
   function parseDate(text) {
