@@ -338,10 +338,10 @@ NOUSER_GROUP = "no-user"
 
 def _attach_nouser_group() -> None:
     """Hang the ``no-user`` group under the ``no-user`` user's group, unless it already is."""
-    store = runtime.store()
     user_group = get_id_from_user(NOUSER_GROUP)
-    if NOUSER_GROUP not in store.children(user_group):
-        store.create(create_info(NOUSER_GROUP, "group", parent=user_group, id=NOUSER_GROUP))
+    if not runtime.redis_client().sismember(keys.children(user_group), NOUSER_GROUP):
+        group = create_info(NOUSER_GROUP, "group", parent=user_group, id=NOUSER_GROUP)
+        runtime.store().create(group)
 
 
 def system_call(cmd: str, env: dict[str, str] | None = None, **kwargs: Any) -> tuple[str, str, int]:
