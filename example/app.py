@@ -11,9 +11,13 @@ What an application needs, and nothing more:
 
 * ``MOIMessageHandler`` mounted at ``/moi-ws/``; it reads the user from the
   secure cookie ``user`` (override ``get_current_user`` to use your own auth);
-* ``moi.js`` and ``moi_list.js`` served to the page (``moi.moi_js()`` and
-  ``moi.moi_list_js()`` give their paths);
-* ``submit(...)`` called from a handler, with the user's group id as parent.
+* ``moi.js``, ``moi_list.js`` and ``moi.css`` served to the page
+  (``moi.moi_js()``, ``moi.moi_list_js()`` and ``moi.moi_css()`` give their
+  paths; the panel's markup is styled by ``moi.css``);
+* ``submit(...)`` called from a handler, with the user's group id as parent;
+* optionally, pages at ``/job/<id>`` and ``/group/<id>``: the panel links
+  each node there unless ``moi_list.init`` gets another ``detailsUrl``.  They
+  must show only the user's own nodes.
 
 The login here trusts whatever name is typed: it stands in for the
 application's real authentication.
@@ -32,12 +36,14 @@ import tornado.web
 from tornado.web import StaticFileHandler
 
 import moi
+from moi import runtime
 from moi.group import get_id_from_user
-from moi.job import ctx_default, submit
+from moi.job import ctx_default, result_text, submit
 from moi.websocket import MOIMessageHandler
 
 PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>moi example</title></head>
+<html lang="en"><head><meta charset="utf-8"><title>moi example</title>
+  <link rel="stylesheet" href="/moi-static/moi.css"></head>
 <body>
   <p>Logged in as <b id="user"></b>.</p>
   <form method="post" action="/hello">{xsrf}<button type="submit">Say hello</button></form>
@@ -49,6 +55,18 @@ PAGE = """<!doctype html>
     moi_list.init({group_json}, document.getElementById("jobs"));
   </script>
 </body></html>
+"""
+
+NODE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>moi example: {kind} {name}</title>
+  <link rel="stylesheet" href="/moi-static/moi.css"></head>
+<body><main>
+  <h1>{kind}: {name}</h1>
+  <p><span class="moi-status" data-status="{status}">{status}</span></p>
+  <table class="moi-info">{rows}</table>
+  <pre class="moi-result">{result}</pre>
+  <p><a href="/">back</a></p>
+</main></body></html>
 """
 
 LOGIN = """<!doctype html>
@@ -100,6 +118,35 @@ class MainHandler(BaseHandler):
         self.write(page)
 
 
+class NodeHandler(BaseHandler):
+    """``/job/<id>`` and ``/group/<id>``: where the panel's links go; the user's own nodes only."""
+
+    @tornado.web.authenticated
+    async def get(self, kind: str, node_id: str) -> None:
+        def find() -> dict[str, Any] | None:
+            tree = runtime.store().tree(get_id_from_user(self.current_user))
+            return next((info for info in tree if info["id"] == node_id), None)
+
+        info = await asyncio.to_thread(find)
+        if info is None or info.get("type") != kind:
+            raise tornado.web.HTTPError(404)
+        esc = tornado.escape.xhtml_escape
+        shown = ("id", "call", "parent", "date_created", "date_start", "date_end")
+        rows = "".join(
+            f"<tr><th>{key}</th><td>{esc(str(info.get(key) or ''))}</td></tr>" for key in shown
+        )
+        result = result_text(info) if info.get("status") else ""
+        self.write(
+            NODE.format(
+                kind=kind,
+                name=esc(str(info.get("name"))),
+                status=esc(str(info.get("status") or "")),
+                rows=rows,
+                result=esc(result),
+            )
+        )
+
+
 class HelloHandler(BaseHandler):
     @tornado.web.authenticated
     async def post(self) -> None:
@@ -116,15 +163,16 @@ class HelloHandler(BaseHandler):
 
 
 def make_app(cookie_secret: str) -> tornado.web.Application:
-    """The example application: pages, the two scripts and the websocket."""
+    """The example application: pages, the scripts and stylesheet, and the websocket."""
     static = os.path.dirname(moi.moi_js())
     return tornado.web.Application(
         [
             (r"/", MainHandler),
             (r"/login", LoginHandler),
             (r"/hello", HelloHandler),
+            (r"/(job|group)/([A-Za-z0-9_.:-]{1,128})", NodeHandler),
             (r"/moi-ws/", MOIMessageHandler),
-            (r"/moi-static/(moi\.js|moi_list\.js)", StaticFileHandler, {"path": static}),
+            (r"/moi-static/(moi\.js|moi_list\.js|moi\.css)", StaticFileHandler, {"path": static}),
         ],
         cookie_secret=cookie_secret,
         login_url="/login",

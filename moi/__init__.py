@@ -13,7 +13,15 @@ from moi.config import DEFAULT_KEY_TIMEOUT as REDIS_KEY_TIMEOUT
 from moi.context import Contexts
 
 __version__ = "1.0.0"
-__all__ = ["r_client", "ctxs", "ctx_default", "REDIS_KEY_TIMEOUT", "moi_js", "moi_list_js"]
+__all__ = [
+    "r_client",
+    "ctxs",
+    "ctx_default",
+    "REDIS_KEY_TIMEOUT",
+    "moi_js",
+    "moi_list_js",
+    "moi_css",
+]
 
 _STATIC = Path(__file__).parent / "static"
 
@@ -53,3 +61,8 @@ def moi_js() -> str:
 def moi_list_js() -> str:
     """Path of ``moi_list.js``, the live job panel, to serve to pages."""
     return str(_STATIC / "moi_list.js")
+
+
+def moi_css() -> str:
+    """Path of ``moi.css``, the panel's (and moi's pages') stylesheet, to serve to pages."""
+    return str(_STATIC / "moi.css")

@@ -51,6 +51,77 @@ class UnstorableResult(Exception):
     """Raised on the engine for a result moi cannot record: neither JSON nor ``repr()`` holds it."""
 
 
+class CommandFailed(ValueError):
+    """A shell command exited non-zero; its exit code and output are kept.
+
+    The message is ``Failed to execute: CMD`` followed by the exit code,
+    stdout and stderr; a job failing with it keeps them in its result.
+    """
+
+    def __init__(self, cmd: str, returncode: int, stdout: str, stderr: str) -> None:
+        super().__init__(
+            f"Failed to execute: {cmd}\nexit code: {returncode}\n"
+            f"stdout: {_tail(stdout)}\nstderr: {_tail(stderr)}"
+        )
+        self.cmd, self.returncode, self.stdout, self.stderr = cmd, returncode, stdout, stderr
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (CommandFailed, (self.cmd, self.returncode, self.stdout, self.stderr))
+
+
+#: moi's own modules whose frames a job's traceback leaves out unless they matter.
+_MOI_DIR = os.path.dirname(os.path.abspath(__file__))
+_WRAPPERS = frozenset(os.path.join(_MOI_DIR, name) for name in ("engine.py", "job.py", "types.py"))
+#: Most characters of a failed command's stdout and stderr kept (the end of each).
+MAX_OUTPUT_CHARS = 100_000
+
+
+def _tail(text: str) -> str:
+    if len(text) <= MAX_OUTPUT_CHARS:
+        return text
+    left_out = len(text) - MAX_OUTPUT_CHARS
+    return f"[... first {left_out} characters left out]\n" + text[-MAX_OUTPUT_CHARS:]
+
+
+def format_failure(exc: BaseException) -> list[str]:
+    """The traceback of a failed job, with the user's frames and without moi's wrappers.
+
+    moi's own frames (``engine.py``, ``job.py``, ``types.py``) are left out
+    where they only lead to the user's code; those the user's code called
+    into stay (they say what moi refused).  A traceback with no frame of the
+    user's is kept whole, except for a failed command (:class:`CommandFailed`),
+    whose message says everything.
+    """
+    summary = traceback.extract_tb(exc.__traceback__)
+    first_user = next(
+        (n for n, frame in enumerate(summary) if os.path.abspath(frame.filename) not in _WRAPPERS),
+        None,
+    )
+    if first_user is None and not isinstance(exc, CommandFailed):
+        return traceback.format_exception(exc)
+    kept = [] if first_user is None else summary[first_user:]
+    shown = traceback.TracebackException.from_exception(exc)
+    shown.stack = traceback.StackSummary.from_list(kept)
+    return list(shown.format())
+
+
+def failure_result(exc: BaseException) -> Any:
+    """What a job that raised ``exc`` keeps as its result.
+
+    A failed command keeps ``exit_code``, ``stdout``, ``stderr`` and
+    ``traceback``; any other error its traceback (:func:`format_failure`).
+    """
+    lines = format_failure(exc)
+    if isinstance(exc, CommandFailed):
+        return {
+            "exit_code": exc.returncode,
+            "stdout": _tail(exc.stdout),
+            "stderr": _tail(exc.stderr),
+            "traceback": lines,
+        }
+    return lines
+
+
 class ChainState(TypedDict):
     """Where a job stands in its chain (:mod:`moi.chain`), and the chain's limits."""
 
@@ -410,7 +481,7 @@ def _fail_or_cancel(store: Store, job_id: str, exc: BaseException, cancelled: bo
     elif isinstance(exc, ChainError):  # a bad chain request: its reason says it all
         result = [describe(exc) + "\n"]
     else:
-        result = traceback.format_exception(exc)
+        result = failure_result(exc)
     _finish(store, job_id, status, result)
     if cancelled:
         raise JobCancelled(f"job {job_id} was cancelled while running") from None

@@ -8,8 +8,12 @@ everything else; it returns once Redis confirmed the write.
 
 from __future__ import annotations
 
+import ast
 import functools
+import json
+import linecache
 import os
+import reprlib
 import signal
 import subprocess
 import textwrap
@@ -23,9 +27,9 @@ import ipyparallel as ipp
 
 from moi import ctxs, engine, keys, runtime
 from moi.context import Context, _connection_file, resolve
-from moi.engine import DEFAULT_MAX_RESULT_BYTES, JobSpec, run_job, run_typed
+from moi.engine import DEFAULT_MAX_RESULT_BYTES, CommandFailed, JobSpec, run_job, run_typed
 from moi.errors import MoiError
-from moi.group import create_info
+from moi.group import create_info, get_id_from_user
 from moi.status import Status, is_terminal
 from moi.store import now
 
@@ -38,6 +42,7 @@ __all__ = [
     "cancel",
     "wait",
     "ctxs",
+    "CommandFailed",
 ]
 
 
@@ -77,7 +82,8 @@ def submit(
         ``moi_update_status`` (call it with a status text),
         ``moi_context`` and ``moi_parent_id``.
     *args, **kwargs
-        Passed on to ``func``.
+        Passed on to ``func``.  The info object's ``call`` describes the
+        call (:func:`describe_call`).
 
     Returns
     -------
@@ -89,7 +95,41 @@ def submit(
     InvalidIdError, UnknownContextError, ClusterUnavailableError
         Before anything is written.
     """
-    return _submit(ctx, parent_id, name, url, None, func, args, kwargs)
+    fields = {"call": describe_call(func, args, kwargs)}
+    return _submit(ctx, parent_id, name, url, fields, func, args, kwargs)
+
+
+#: Longest ``call`` description kept in an info object.
+MAX_CALL_CHARS = 200
+_reprs = reprlib.Repr()
+_reprs.maxlevel, _reprs.maxstring, _reprs.maxother = 2, 60, 60
+_reprs.maxlist = _reprs.maxtuple = _reprs.maxdict = _reprs.maxset = 4
+
+
+def _cut(text: str, limit: int = MAX_CALL_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _short_repr(value: Any) -> str:
+    try:
+        return _reprs.repr(value)
+    except Exception:  # noqa: BLE001 -- a raising __repr__ must not stop a submit
+        return f"<{type(value).__name__}>"
+
+
+def describe_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """A short description of a job's call: the command text, or ``func(args)``.
+
+    A command (:func:`python_call`, :func:`system_call` with one string) is
+    its own text; any other call is ``name(arg, key=value)`` with each value's
+    repr shortened.  At most :data:`MAX_CALL_CHARS` characters.
+    """
+    if func in (python_call, system_call) and args and isinstance(args[0], str):
+        return _cut(args[0].strip())
+    target = func.func if isinstance(func, functools.partial) else func
+    name = getattr(target, "__qualname__", None) or getattr(target, "__name__", None)
+    shown = [_short_repr(a) for a in args] + [f"{k}={_short_repr(v)}" for k, v in kwargs.items()]
+    return _cut(f"{name or type(target).__name__}({', '.join(shown)})")
 
 
 def _submit(
@@ -183,7 +223,8 @@ def submit_type(
     from moi import types  # the service layer, imported only when used
 
     environ = types.check(environ, job_type)
-    fields = {"job_type": job_type}
+    shown = {k: v for k, v in environ.items() if k != "job_type"}
+    fields = {"job_type": job_type, "call": _cut(f"{job_type} {json.dumps(shown)}")}
     limit = {"max_result_bytes": max_result_bytes()}
     # a partial is pickled by reference: a smaller task than the function canned by its code
     typed = functools.partial(run_typed)
@@ -277,13 +318,30 @@ def _settle(job_id: str, ar: ipp.AsyncResult) -> None:
 def submit_nouser(
     func: Callable[..., Any], *args: Any, **kwargs: Any
 ) -> tuple[str, str, ipp.AsyncResult]:
-    """Submit ``func`` in the default context under the ``no-user`` group.
+    """Submit ``func`` in the default context under the group whose id is ``no-user``.
+
+    The parent id is the literal ``no-user``, as in the original moi; that
+    group hangs under the ``no-user`` user's group, so the jobs show where
+    that user's jobs do (``moi serve``, ``moi userjobs --key no-user``).
 
     Returns
     -------
     (job_id, parent_id, AsyncResult)
     """
-    return submit(None, "no-user", "unnamed", None, func, *args, **kwargs)
+    _attach_nouser_group()
+    return submit(None, NOUSER_GROUP, "unnamed", None, func, *args, **kwargs)
+
+
+#: Parent id of :func:`submit_nouser`'s jobs (the original moi's).
+NOUSER_GROUP = "no-user"
+
+
+def _attach_nouser_group() -> None:
+    """Hang the ``no-user`` group under the ``no-user`` user's group, unless it already is."""
+    user_group = get_id_from_user(NOUSER_GROUP)
+    if not runtime.redis_client().sismember(keys.children(user_group), NOUSER_GROUP):
+        group = create_info(NOUSER_GROUP, "group", parent=user_group, id=NOUSER_GROUP)
+        runtime.store().create(group)
 
 
 def system_call(cmd: str, env: dict[str, str] | None = None, **kwargs: Any) -> tuple[str, str, int]:
@@ -294,12 +352,14 @@ def system_call(cmd: str, env: dict[str, str] | None = None, **kwargs: Any) -> t
 
     Raises
     ------
-    ValueError
-        When the command exits non-zero, with its output in the message.
+    CommandFailed
+        A ``ValueError``: when the command exits non-zero, with its exit code
+        and output in the message and as attributes (a failed job keeps them
+        in its result).
     """
     stdout, stderr, returncode = run_command(cmd, env)
     if returncode != 0:
-        raise ValueError(f"Failed to execute: {cmd}\nstdout: {stdout}\nstderr: {stderr}")
+        raise CommandFailed(cmd, returncode, stdout, stderr)
     if "MOI-CHAIN " in stdout and engine.in_job():
         from moi import chain
 
@@ -332,14 +392,30 @@ def run_command(cmd: str, env: dict[str, str] | None = None) -> tuple[str, str, 
 
 
 def python_source(cmd: str) -> str:
-    """The function that runs ``cmd`` as its body (so ``return`` sets the result)."""
+    """The function that runs ``cmd`` as its body, as text (its lines are one further down)."""
     return "def _moi_cmd():\n" + textwrap.indent(cmd, "    ") + "\n"
+
+
+def python_code(cmd: str) -> Any:
+    """``cmd`` compiled as the body of a function ``_moi_cmd`` (so ``return`` sets the result).
+
+    Line numbers, in a syntax error and in tracebacks, are those of ``cmd`` itself.
+
+    Raises
+    ------
+    SyntaxError
+    """
+    body = ast.parse(cmd, "<moi-cmd>").body
+    module = ast.parse("def _moi_cmd():\n    pass\n", "<moi-cmd>")
+    if body:
+        module.body[0].body = body  # type: ignore[attr-defined]
+    return compile(module, "<moi-cmd>", "exec")
 
 
 def check_python(cmd: str) -> None:
     """Raise :class:`MoiError` when ``cmd`` does not compile as a function body."""
     try:
-        compile(python_source(cmd), "<moi-cmd>", "exec")
+        python_code(cmd)
     except SyntaxError as exc:
         raise MoiError(
             f"the Python command does not compile: {exc.msg} (line {exc.lineno})"
@@ -355,7 +431,10 @@ def python_call(cmd: str, **kwargs: Any) -> Any:
         "moi_update_status": kwargs.get("moi_update_status"),
         "moi_chain": kwargs.get("moi_chain"),
     }
-    exec(compile(python_source(cmd), "<moi-cmd>", "exec"), namespace)
+    code = python_code(cmd)
+    # a traceback shows the command's own lines (one job at a time runs on an engine)
+    linecache.cache["<moi-cmd>"] = (len(cmd), None, cmd.splitlines(True), "<moi-cmd>")
+    exec(code, namespace)
     return namespace["_moi_cmd"]()
 
 
@@ -389,10 +468,17 @@ def cancel(job_id: str) -> str:
 
 
 def result_text(info: dict[str, Any]) -> str:
-    """The ``result`` field as the CLI prints it (a traceback list is joined)."""
+    """The ``result`` field as the CLI prints it (a traceback list is joined).
+
+    A failed command's result (``exit_code``, ``stdout``, ``stderr``,
+    ``traceback``) shows as its traceback, whose last line holds all of them.
+    """
     result = info.get("result")
-    if info.get("status") in (Status.FAILED, Status.CANCELLED) and isinstance(result, list):
-        return "".join(str(line) for line in result)
+    if info.get("status") in (Status.FAILED, Status.CANCELLED):
+        if isinstance(result, dict) and "exit_code" in result and "traceback" in result:
+            result = result["traceback"]
+        if isinstance(result, list):
+            return "".join(str(line) for line in result)
     return str(result)
 
 

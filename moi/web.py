@@ -27,13 +27,16 @@ from typing import Any
 from urllib.parse import urlencode
 
 import tornado.web
+from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop, PeriodicCallback
+from tornado.netutil import bind_sockets
 
 from moi import connection, embedded, job, runtime, watchdog
 from moi.context import resolve
 from moi.errors import MoiError
 from moi.group import create_info, get_id_from_user
 from moi.status import is_terminal
+from moi.store import now
 from moi.webauth import (
     LOOPBACK_HOSTS,
     SESSION_HOURS,
@@ -208,6 +211,11 @@ class NotFoundHandler(BaseHandler):
         check_host(self.request, self.server.hosts)
         raise tornado.web.HTTPError(404)
 
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code != 404:
+            return super().write_error(status_code, **kwargs)
+        self.render("error.html", title="Not found", message=f"No page at {self.request.path}.")
+
 
 class StaticHandler(tornado.web.StaticFileHandler):
     """``/static/``: the scripts and styles, with the pages' security headers."""
@@ -279,27 +287,117 @@ class SubmitGroupHandler(DashboardHandler):
         self.redirect("/")
 
 
+#: Info fields the job page leaves out (internal, or shown elsewhere on it).
+HIDDEN_FIELDS = frozenset({"pubsub", "type", "result", "name", "status", "call"})
+#: The statuses a group page counts, in its order; a job's own status text counts as Running.
+COUNTED = ("Queued", "Running", "Success", "Failed", "Cancelled")
+
+
+def field_text(value: Any) -> str:
+    """An info field as the job page shows it: text as is, nothing for null, JSON otherwise."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def format_seconds(seconds: float) -> str:
+    """``< 0.1 s``, ``4.2 s``, ``42 s``, ``3 min 07 s``, ``2 h 05 min`` (as moi_page.js does)."""
+    if seconds < 0.1:
+        return "< 0.1 s"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole // 60 % 60:02d} min"
+
+
+def duration_text(info: dict[str, Any]) -> str:
+    """How long a job ran (so far, while it runs); nothing when it never started."""
+    from datetime import datetime
+
+    try:
+        start = datetime.fromisoformat(info["date_start"]) if info.get("date_start") else None
+        end = datetime.fromisoformat(info["date_end"]) if info.get("date_end") else None
+    except (TypeError, ValueError):
+        return ""
+    if start is None or info.get("type") == "group":
+        return ""
+    return format_seconds(((end or datetime.now()) - start).total_seconds())
+
+
+def counts_text(children: list[dict[str, Any]]) -> str:
+    """``3 jobs: 2 Success, 1 Failed`` for a group's children (and ``, 1 group``)."""
+    jobs = [c for c in children if c.get("type") != "group"]
+    by_status = dict.fromkeys(COUNTED, 0)
+    for child in jobs:
+        status = child.get("status")
+        by_status[status if status in by_status else "Running"] += 1
+    parts = [f"{count} {status}" for status, count in by_status.items() if count]
+    text = f"{len(jobs)} job{'s' if len(jobs) != 1 else ''}"
+    text += ": " + ", ".join(parts) if parts else ""
+    groups = len(children) - len(jobs)
+    return text + (f", {groups} group{'s' if groups != 1 else ''}" if groups else "")
+
+
+def page_result(info: dict[str, Any]) -> str:
+    """A job's result as its page shows it: a traceback joined, JSON for data."""
+    result = info.get("result")
+    failed = is_terminal(info.get("status")) and info["status"] != "Success"
+    if isinstance(result, str) or failed:
+        return job.result_text(info)
+    return json.dumps(result, indent=2)
+
+
 class NodeHandler(BaseHandler):
-    """``/job/<id>`` and ``/group/<id>``: one node of the user's tree."""
+    """``/job/<id>`` and ``/group/<id>``: one node of the user's tree, kept live by moi_page.js.
+
+    An id not in the user's tree gets the error page (404).
+    """
 
     @tornado.web.authenticated
     async def get(self, kind: str, node_id: str) -> None:
-        _, nodes = await self.user_tree()
+        group_id, nodes = await self.user_tree()
         info = nodes.get(node_id)
         if info is None or info.get("type") != kind:
-            raise tornado.web.HTTPError(404, f"no {kind} {node_id} in your tree")
+            self.set_status(404)
+            self.render(
+                "error.html",
+                title=f"No such {kind}",
+                message=f"There is no {kind} {node_id} among the jobs of {self.server.user}: "
+                "it may have been removed, or have expired.",
+            )
+            return
+        page = {
+            "user": self.server.user,
+            "info": info,
+            "group_id": group_id,
+            "read_only": self.server.read_only,
+            "server_now": now(),
+        }
         if kind == "job":
+            fields = sorted(k for k in info if k not in HIDDEN_FIELDS)
             self.render(
                 "job.html",
-                user=self.server.user,
-                info=info,
-                result_text=job.result_text(info),
+                fields=fields,
+                result_text=page_result(info),
                 done=is_terminal(info.get("status")),
+                duration=duration_text(info),
+                field_text=field_text,
+                **page,
             )
         else:
             children = [n for n in nodes.values() if n.get("parent") == node_id]
             children.sort(key=lambda n: n.get("date_created") or "")
-            self.render("group.html", user=self.server.user, info=info, children=children)
+            self.render(
+                "group.html",
+                children=children,
+                counts=counts_text(children),
+                duration_of=duration_text,
+                **page,
+            )
 
 
 class DashboardSocket(MOIMessageHandler):
@@ -501,7 +599,10 @@ async def serve(
         session_hours=session_hours,
         allowed_hosts=allowed_hosts,
     )
-    server = app.listen(port, address=host, xheaders=behind_proxy)
+    sockets = bind_sockets(port, address=host)
+    port = sockets[0].getsockname()[1]  # the one picked when asked for port 0
+    server = HTTPServer(app, xheaders=behind_proxy)
+    server.add_sockets(sockets)
     start_watchdog()
     shown = "127.0.0.1" if host in ("", "0.0.0.0") else f"[{host}]" if ":" in host else host
     print(

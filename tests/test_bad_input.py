@@ -37,7 +37,7 @@ CASES = {
     "python that does not compile": (
         ["submit", "--user", "{user}", "--cmd", "return (1 +"],
         1,
-        "Error: the Python command does not compile: '(' was never closed (line 2)",
+        "Error: the Python command does not compile: '(' was never closed (line 1)",
     ),
     "no cluster for a configured context": (
         ["submit", "--user", "{user}", "--cmd", "return 1", "--context", "offline"],

@@ -19,7 +19,10 @@ from moi.cli import main
 from moi.job import submit, wait
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-SUMMARY = re.compile(rf"^date: (?P<date>[^\t]+)\tid: (?P<id>{UUID})\tstatus: (?P<status>.+)$")
+SUMMARY = re.compile(
+    rf"^date: (?P<date>[^\t]+)\tid: (?P<id>{UUID})\tstatus: (?P<status>[^\t]+)"
+    r"\tname: (?P<name>[^\t]*)\tcall: (?P<call>.*)$"
+)
 
 
 def submitted_id(stdout: str) -> str:

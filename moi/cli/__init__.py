@@ -6,7 +6,8 @@ import contextlib
 import json
 import re
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from uuid import UUID
 
 import click
@@ -89,17 +90,58 @@ def format_details(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: The fields of ``moi userjobs --summary``, in its order (the original's three first).
+SUMMARY_FIELDS = ("date_created", "id", "status", "name", "call")
+
+
 def format_summary(info: dict[str, Any]) -> str:
     """One line per job, as ``moi userjobs --summary`` prints it."""
-    date, node_id, status = (printable(info[k]) for k in ("date_created", "id", "status"))
-    return f"date: {date}\tid: {node_id}\tstatus: {status}"
+    date, node_id, status, name, call = (printable(info.get(k) or "") for k in SUMMARY_FIELDS)
+    return f"date: {date}\tid: {node_id}\tstatus: {status}\tname: {name}\tcall: {call}"
 
 
 def _job_id(value: str) -> str:
+    if value == job.NOUSER_GROUP:  # submit_nouser's group (the original moi's id)
+        return value
     try:
         return str(UUID(value))
     except ValueError:
         raise MoiError(f"malformed job id {value!r}: expected a UUID") from None
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def json_option(func: F) -> F:
+    """The ``--json`` flag of every command that prints jobs."""
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout."
+    )(func)
+
+
+def echo_json(value: Any) -> None:
+    """Print ``value`` as one JSON document on stdout (non-ASCII escaped: safe in a terminal)."""
+    click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def id_argument(what: str) -> Callable[[F], F]:
+    """A job id given as ``ID`` or ``--job-id ID`` (the original's spelling)."""
+
+    def decorate(func: F) -> F:
+        func = click.argument("job_id_arg", metavar="ID", required=False)(func)
+        return click.option("--job-id", default=None, help=f"{what} (or give it as ID).")(func)
+
+    return decorate
+
+
+def _given_id(job_id_arg: str | None, job_id: str | None) -> str:
+    """The one job id given as an argument or with ``--job-id``, checked."""
+    if job_id_arg is not None and job_id is not None and job_id_arg != job_id:
+        raise click.UsageError("give the job id once: as ID or with --job-id")
+    value = job_id_arg if job_id_arg is not None else job_id
+    if value is None:
+        raise click.UsageError("give the job id: as ID or with --job-id")
+    return _job_id(value)
 
 
 class _StatusPrinter:
@@ -170,6 +212,7 @@ class _StatusPrinter:
     show_default=True,
     help="Run --cmd as Python or as a shell command.",
 )
+@json_option
 def submit(
     user: str,
     cmd: str | None,
@@ -180,8 +223,13 @@ def submit(
     context: str | None,
     block: bool,
     cmd_type: str,
+    as_json: bool,
 ) -> None:
-    """Submit a Python snippet, a shell command or a typed job as a job."""
+    """Submit a Python snippet, a shell command or a typed job as a job.
+
+    With --json: ``{"id": ...}`` without --block, the final info object with it
+    (the status changes still go to stderr).
+    """
     if job_type is not None:
         if cmd is not None:
             raise click.UsageError("give --cmd or --type, not both")
@@ -203,17 +251,27 @@ def submit(
     else:
         func = job.python_call if cmd_type == "python" else job.system_call
         job_id, _, ar = job.submit(ctx, parent, name or f"{user}-cmd-submit", None, func, cmd)
-    click.echo(f"Submitted job id: {job_id}")
+    click.echo(f"Submitted job id: {job_id}", err=as_json)
     if not block:
         job.wait_until_received(ar, ctx.client)  # the job must leave before this process exits
+        if as_json:
+            echo_json({"id": job_id})
         return
+    _wait_and_show(job_id, as_json)
+
+
+def _wait_and_show(job_id: str, as_json: bool) -> None:
+    """The ``--block`` view: status changes on stderr, then the details; exit 0 on success."""
     try:
         info = job.wait(job_id, on_change=_StatusPrinter(), chain=True)
     except KeyboardInterrupt:
         raise click.ClickException(
-            f"stopped waiting; job {job_id} goes on (`moi cancel --job-id {job_id}` stops it)"
+            f"stopped waiting; job {job_id} goes on (`moi cancel {job_id}` stops it)"
         ) from None
-    click.echo(format_details(info))
+    if as_json:
+        echo_json(info)
+    else:
+        click.echo(format_details(info))
     sys.exit(0 if info["status"] == Status.SUCCESS else 1)
 
 
@@ -236,67 +294,123 @@ def _typed_environ(job_type: str, text: str | None, path: str | None) -> dict[st
 
 
 @main.command("job")
-@click.option("--job-id", required=True, help="Id of the job (or group) to show.")
-def job_(job_id: str) -> None:
-    """Show the details of a job."""
-    click.echo(format_details(runtime.store().require(_job_id(job_id))))
+@id_argument("Id of the job (or group) to show")
+@json_option
+def job_(job_id_arg: str | None, job_id: str | None, as_json: bool) -> None:
+    """Show the details of a job (or group): moi job ID."""
+    info = runtime.store().require(_given_id(job_id_arg, job_id))
+    if as_json:
+        echo_json(info)
+    else:
+        click.echo(format_details(info))
+
+
+@main.command("wait")
+@id_argument("Id of the job to wait for")
+@json_option
+def wait_(job_id_arg: str | None, job_id: str | None, as_json: bool) -> None:
+    """Wait for a job submitted earlier, as submit --block does: moi wait ID.
+
+    Shows its status changes (on stderr) and follows its chain; prints the
+    last job's details; exits 0 when it succeeded, 1 otherwise.
+    """
+    _wait_and_show(_given_id(job_id_arg, job_id), as_json)
 
 
 @main.command("chain")
-@click.option("--job-id", required=True, help="Id of any job of the chain.")
-def chain_(job_id: str) -> None:
+@id_argument("Id of any job of the chain")
+@json_option
+def chain_(job_id_arg: str | None, job_id: str | None, as_json: bool) -> None:
     """Show the chain a job belongs to: one line per job (id, name, status, duration)."""
     from moi import chain
 
-    for info in chain.jobs(_job_id(job_id)):
+    infos = chain.jobs(_given_id(job_id_arg, job_id))
+    if as_json:
+        echo_json([{**info, "duration": chain.duration(info)} for info in infos])
+        return
+    for info in infos:
         fields = (info["id"], info.get("name"), info.get("status"), chain.duration(info))
         click.echo("\t".join(printable(value) for value in fields))
 
 
 @main.command()
 @click.option("--key", required=True, help="User name or the user's group id.")
-@click.option("--summary", is_flag=True, help="One line per job instead of every field.")
-def userjobs(key: str, summary: bool) -> None:
+@click.option("--summary", is_flag=True, help="One line per job (date, id, status, name, call).")
+@json_option
+def userjobs(key: str, summary: bool, as_json: bool) -> None:
     """Show every job of a user, oldest first."""
     nodes = runtime.store().tree(find_user_group(key))
     jobs = sorted((n for n in nodes if n.get("type") == "job"), key=lambda n: n["date_created"])
+    if as_json:
+        echo_json([{k: i.get(k) for k in SUMMARY_FIELDS} if summary else i for i in jobs])
+        return
     fmt = format_summary if summary else format_details
     click.echo(("\n" if summary else "\n\n").join(fmt(info) for info in jobs))
 
 
 @main.command()
-def users() -> None:
+@json_option
+def users(as_json: bool) -> None:
     """List the users and their group ids."""
-    for name, group_id in sorted(all_users().items()):
+    found = dict(sorted(all_users().items()))
+    if as_json:
+        echo_json(found)
+        return
+    for name, group_id in found.items():
         click.echo(f"{printable(name)}\t{printable(group_id)}")
 
 
 @main.command()
-@click.option("--job-id", required=True, help="Id of the job to cancel.")
+@id_argument("Id of the job to cancel")
 @click.option(
     "--wait/--no-wait", default=True, show_default=True, help="Wait until the job has ended."
 )
-def cancel(job_id: str, wait: bool) -> None:
-    """Cancel a job: a queued one never runs, a running one is interrupted."""
-    job_id = _job_id(job_id)
+@json_option
+def cancel(job_id_arg: str | None, job_id: str | None, wait: bool, as_json: bool) -> None:
+    """Cancel a job: a queued one never runs, a running one is interrupted.
+
+    With --json: ``{"id", "outcome", "status"}`` (``status`` only with --wait).
+    """
+    job_id = _given_id(job_id_arg, job_id)
     outcome = job.cancel(job_id)
     if outcome == "requested":
         click.echo(f"Asked the engine to stop job {job_id}", err=True)
+    status = None
     if wait:
         try:
-            info = job.wait(job_id, timeout=60)
+            status = job.wait(job_id, timeout=60)["status"]
         except TimeoutError as exc:
             raise MoiError(str(exc)) from None
-        click.echo(f"Job {job_id}: {printable(info['status'])}")
+    if as_json:
+        echo_json({"id": job_id, "outcome": outcome, "status": status})
+    elif wait:
+        click.echo(f"Job {job_id}: {printable(status)}")
     else:
         click.echo(f"Job {job_id}: cancel {outcome}")
 
 
 @main.command("types")
-def types_() -> None:
+@json_option
+def types_(as_json: bool) -> None:
     """List the job types and filters, with where each comes from."""
     from moi import types
 
+    if as_json:
+        echo_json(
+            {
+                title: [
+                    {
+                        "name": p.name,
+                        "source": p.source,
+                        "description": p.description,
+                        "error": p.error,
+                    }
+                    for p in plugins.values()
+                ]
+                for title, plugins in (("types", types.job_types()), ("filters", types.filters()))
+            }
+        )
+        return
     for title, plugins in (("types", types.job_types()), ("filters", types.filters())):
         click.echo(f"{title}:")
         if not plugins:
@@ -384,20 +498,31 @@ def _jobs_down_would_stop(cfg: Any) -> list[dict[str, Any]]:
 
 
 @main.command()
-def status() -> None:
+@json_option
+def status(as_json: bool) -> None:
     """Show what runs, where, and since when."""
+    if as_json:
+        columns = ("part", "state", "where", "since")
+        echo_json([dict(zip(columns, row, strict=True)) for row in _status_rows()])
+        return
     _status_table()
 
 
-def _status_table() -> None:
+def _status_rows() -> list[tuple[str, str, str, str]]:
+    """``(part, state, where, since)`` rows of ``moi status``."""
     cfg = runtime.settings()
+    rows = []
     if cfg.redis_url:
-        click.echo(f"redis\tconfigured\t{cfg.redis_url.split('@')[-1]}\t-")
-    for row in embedded.status(cfg.state_dir):
-        if row[0] == "redis" and cfg.redis_url:
-            continue
+        rows.append(("redis", "configured", cfg.redis_url.split("@")[-1], "-"))
+    own = embedded.status(cfg.state_dir)
+    rows += [row for row in own if row[0] != "redis" or not cfg.redis_url]
+    rows.append(("contexts", ",".join(cfg.contexts), f"default: {cfg.default_context}", "-"))
+    return rows
+
+
+def _status_table() -> None:
+    for row in _status_rows():
         click.echo("\t".join(row))
-    click.echo(f"contexts\t{','.join(cfg.contexts)}\tdefault: {cfg.default_context}\t-")
 
 
 @main.command()
@@ -414,8 +539,8 @@ def watchdog() -> None:
     "--port",
     default=8886,
     show_default=True,
-    type=click.IntRange(1, 65535),
-    help="Port to listen on.",
+    type=click.IntRange(0, 65535),
+    help="Port to listen on; 0 picks a free one (the printed URL shows which).",
 )
 @click.option("--user", default="no-user", show_default=True, help="Whose jobs to show.")
 @click.option(
