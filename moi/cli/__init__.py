@@ -496,6 +496,7 @@ def serve(
 # Command groups that grew past a few commands live in modules of their own,
 # registered on ``main`` when imported here (each module imports ``main``).
 # from moi.cli import keys as _keys  # noqa: E402,F401  (example)
+from moi.cli import logs as _logs  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()
