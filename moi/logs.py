@@ -324,6 +324,7 @@ class _Shipper(threading.Thread):
                 self._counts[field] = self._counts.get(field, 0) + n
             for field, x in floats.items():
                 self._floats[field] = self._floats.get(field, 0.0) + x
+        self._wake.set()
 
     def run(self) -> None:
         last_stats = time.monotonic()
@@ -695,6 +696,11 @@ def _joined(parts: list[tuple[int, list[str]]]) -> tuple[int, list[str]]:
 
 
 _hub: LogHub | None = None
+
+
+def current_hub() -> LogHub | None:
+    """The process's hub if one was made."""
+    return _hub
 
 
 def get_hub() -> LogHub:
