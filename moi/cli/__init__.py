@@ -502,6 +502,7 @@ def serve(
 # registered on ``main`` when imported here (each module imports ``main``).
 # from moi.cli import keys as _keys  # noqa: E402,F401  (example)
 from moi.cli import logs as _logs  # noqa: E402,F401
+from moi.cli import watch as _watch  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()
