@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -341,3 +342,85 @@ class LogSocketCase(AsyncHTTPTestCase):
         ws.write_message(json.dumps({"get": []}))  # the socket still works
         assert (await self.frame(ws, "get"))["id"] == get_id_from_user(stranger)
         ws.close()
+
+
+# -- the Log view in a real browser -------------------------------------------------------
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+    from test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def log_page(chromium, moi_env, user, tmp_path) -> Iterator[tuple[Any, Any]]:
+    """A logged-in page of ``moi serve`` for ``user``; no uncaught error allowed."""
+    from test_browser import MoiServer
+
+    server = MoiServer(user, tmp_path / "serve.log")
+    server.start()
+    context = chromium.new_context()
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server.login_url)
+    try:
+        yield page, server
+    finally:
+        context.close()
+        server.stop()
+    assert errors == []
+
+
+def test_the_log_view_shows_lines_live(log_page, user, tmp_path):
+    from playwright.sync_api import expect
+
+    page, server = log_page
+    release = tmp_path / "go"
+    cmd = (
+        "import os, time\nfor i in range(3):\n    print('hello', i, '<b>x</b>')\n"
+        f"while not os.path.exists({str(release)!r}):\n    time.sleep(0.02)\n"
+        "print('after release')"
+    )
+    job_id, _ = run_python(user, cmd)
+    wait_for_status(job_id, "Running")
+    page.goto(f"{server.base}/log/{job_id}")
+    lines = page.locator(".moi-log-lines")
+    expect(lines).to_contain_text("hello 2 <b>x</b>")  # as text, never HTML
+    assert page.locator(".moi-log-lines b").count() == 0
+    release.write_text("go")
+    expect(lines).to_contain_text("after release")
+    assert lines.inner_text().splitlines() == [
+        *(f"hello {i} <b>x</b>" for i in range(3)),
+        "after release",
+    ]
+
+
+def test_the_log_view_caps_what_it_keeps(log_page, user):
+    from playwright.sync_api import expect
+
+    page, server = log_page
+    job_id, ar = run_python(user, "for i in range(9000):\n    print('n', i)")
+    ar.get(timeout=60)
+    wait_for_status(job_id, "Success")
+    page.goto(f"{server.base}/log/{job_id}")
+    lines = page.locator(".moi-log-lines")
+    expect(lines).to_contain_text("n 8999")
+    shown = lines.inner_text().splitlines()
+    assert len(shown) == 5000 and shown[0] == "n 4000" and shown[-1] == "n 8999"
+    assert page.evaluate("document.querySelector('[data-moi-log]').moiLog.lineCount") == 5000
+
+
+def test_another_user_s_log_page_is_404(log_page, moi_env):
+    page, server = log_page
+    other = f"other-{os.urandom(4).hex()}"
+    job_id, ar = run_python(other, "print('theirs')")
+    ar.get(timeout=60)
+    response = page.goto(f"{server.base}/log/{job_id}")
+    assert response is not None and response.status == 404
+    assert "theirs" not in page.content()
