@@ -27,7 +27,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import IO, Any, TypedDict
 
@@ -47,6 +46,8 @@ MAX_LINE = 16 * 1024
 CUT = " [line cut: longer than 16 KiB]"
 #: Seconds between two shipments of a running job's lines.
 FLUSH_INTERVAL = 0.02
+#: After a shipment of this many lines, the next waits :data:`FLOOD_INTERVAL` seconds.
+FLOOD_LINES, FLOOD_INTERVAL = 1_000, 0.1
 #: Most lines per script call (a larger shipment is split).
 BATCH_LINES = 2_000
 #: Seconds between two shipments of the engine's counters.
@@ -54,14 +55,27 @@ STATS_INTERVAL = 1.0
 #: Upper bounds (seconds) of the run-time histogram's buckets.
 RUN_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0)
 
-#: Appends lines, trims to the caps, refreshes the expiry, publishes the batch.
+#: Appends lines (one argument, joined by newlines), trims to the caps, refreshes the
+#: expiry, publishes the batch.
 APPEND = """
+local CUT = ' [line cut: longer than 16 KiB]'
 local ttl, max_lines, max_bytes = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local skipped = tonumber(ARGV[4])
-local lines, added = {}, 0
-for i = 5, #ARGV do
-  lines[#lines + 1] = ARGV[i]
-  added = added + #ARGV[i]
+local max_line, skipped = tonumber(ARGV[4]), tonumber(ARGV[5])
+local lines, added, text, at = {}, 0, ARGV[6], 1
+while at <= #text + 1 do
+  local stop = string.find(text, '\\n', at, true) or (#text + 1)
+  local line = string.sub(text, at, stop - 1)
+  if #line > max_line then
+    local cut = max_line
+    while cut > 0 and (string.byte(line, cut + 1) or 0) >= 128
+        and string.byte(line, cut + 1) < 192 do
+      cut = cut - 1  -- not in the middle of a UTF-8 character
+    end
+    line = string.sub(line, 1, cut) .. CUT
+  end
+  lines[#lines + 1] = line
+  added = added + #line
+  at = stop + 1
 end
 local n = #lines
 for i = 1, n, 500 do
@@ -172,6 +186,8 @@ def read_lines_sync(
 
 def parse_batch(data: bytes | str) -> tuple[int, list[str]] | None:
     """``(start, lines)`` of a message of a log channel; ``None`` when malformed."""
+    if isinstance(data, bytes):
+        data = data.decode("utf-8", "replace")
     try:
         payload = json.loads(data)
     except (ValueError, RecursionError):
@@ -191,51 +207,54 @@ class Capture:
     def __init__(self, client: redis.Redis, job_id: str, ttl: int, context: str) -> None:
         self.job_id, self.context, self.ttl = job_id, context, ttl
         self._append = client.register_script(APPEND)
-        self._chunks: deque[tuple[str, str]] = deque()  # (stream, text) not yet split
-        self._partial = {"stdout": "", "stderr": ""}
+        # text written and not yet split into lines; stdout and stderr mix as in a terminal
+        # (2>&1).  Writers only append; the shipper takes a prefix (atomic list operations)
+        self._written: list[str] = []
+        self._partial = ""
         self._sending = threading.Lock()
         self._started = time.monotonic()
         self._restore: list[tuple[str, Any, _Tee]] = []
 
-    def feed(self, stream: str, text: str) -> None:
-        """Take ``text`` written to ``stream`` (``stdout`` or ``stderr``)."""
-        self._chunks.append((stream, text))
+    def feed(self, text: str) -> None:
+        """Take ``text`` written to the job's stdout or stderr."""
+        self._written.append(text)
 
-    def flush(self, final: bool = False) -> None:
-        """Ship the whole lines written so far (``final``: the unfinished ones too)."""
+    def flush(self, final: bool = False) -> int:
+        """Ship the whole lines written so far (``final``: the unfinished ones too); count them."""
         with self._sending:
             lines = self._take(final)
             if lines:
                 self._ship(lines)
+            return len(lines)
 
-    def _take(self, final: bool) -> list[bytes]:
-        out: list[str] = []
-        chunks, partial = self._chunks, self._partial
-        while chunks:
-            stream, text = chunks.popleft()
-            if "\n" not in text:
-                partial[stream] += text
-                if len(partial[stream]) <= MAX_LINE:
-                    continue
-                text = ""
-            parts = (partial[stream] + text).split("\n")
-            partial[stream] = parts.pop()
-            out += parts
-        if final:
-            out += [rest for rest in partial.values() if rest]
-            self._partial = {"stdout": "", "stderr": ""}
-        return [_line(text) for text in out]
+    def _take(self, final: bool) -> list[str]:
+        written = self._written
+        count = len(written)
+        taken = written[:count]  # writers may append meanwhile: only this prefix goes
+        del written[:count]
+        try:
+            text = "".join(taken)
+        except TypeError:  # a stream that took something else than text
+            text = "".join(map(str, taken))
+        out = (self._partial + text).split("\n")
+        self._partial = out.pop()
+        if final or len(self._partial) > MAX_LINE:  # an endless line is shipped in pieces
+            if self._partial:
+                out.append(self._partial)
+            self._partial = ""
+        return out
 
-    def _ship(self, lines: list[bytes]) -> None:
+    def _ship(self, lines: list[str]) -> None:
         skipped = max(0, len(lines) - MAX_LINES)
         lines = lines[skipped:]
         try:
             for at in range(0, len(lines), BATCH_LINES):
-                batch = lines[at : at + BATCH_LINES]
+                # one argument: lines hold no newline, so joining them loses nothing
+                batch = "\n".join(lines[at : at + BATCH_LINES]).encode("utf-8", "replace")
                 self._append(
                     keys=[keys.log(self.job_id), keys.log_meta(self.job_id)]
                     + [keys.log_channel(self.job_id)],
-                    args=[self.ttl, MAX_LINES, MAX_BYTES, skipped, *batch],
+                    args=[self.ttl, MAX_LINES, MAX_BYTES, MAX_LINE, skipped, batch],
                 )
                 skipped = 0
         except redis.RedisError as exc:  # the job goes on; its output still reaches ar.stdout
@@ -272,14 +291,13 @@ class Capture:
 class _Tee:
     """A text stream that also hands what is written to a :class:`Capture`."""
 
-    def __init__(self, stream: Any, capture: Capture, name: str) -> None:
-        self._stream, self._capture, self._name = stream, capture, name
+    def __init__(self, stream: Any, capture: Capture) -> None:
+        self._stream, self._feed = stream, capture.feed
 
-    def write(self, text: str) -> int:
-        written = self._stream.write(text)
-        if isinstance(text, str):
-            self._capture.feed(self._name, text)
-        return int(written) if isinstance(written, int) else len(text)
+    def write(self, text: str) -> Any:
+        written = self._stream.write(text)  # raises for what the stream does not take
+        self._feed(text)
+        return written
 
     def writelines(self, lines: Any) -> None:
         for text in lines:
@@ -287,13 +305,6 @@ class _Tee:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
-
-
-def _line(text: str) -> bytes:
-    data = text.encode("utf-8", "replace")
-    if len(data) <= MAX_LINE:
-        return data
-    return data[:MAX_LINE].decode("utf-8", "ignore").encode() + CUT.encode()
 
 
 class _Shipper(threading.Thread):
@@ -327,7 +338,7 @@ class _Shipper(threading.Thread):
         self._wake.set()
 
     def run(self) -> None:
-        last_stats = time.monotonic()
+        last_stats, shipped = time.monotonic(), 0
         while True:
             with self._lock:
                 capture = self._capture
@@ -335,9 +346,11 @@ class _Shipper(threading.Thread):
                 self._wake.wait()
                 self._wake.clear()
                 continue
-            time.sleep(FLUSH_INTERVAL if capture is not None else STATS_INTERVAL)
-            if capture is not None:
-                capture.flush()
+            if capture is None:
+                time.sleep(STATS_INTERVAL)
+            else:  # a flood of output is shipped in fewer, larger batches
+                time.sleep(FLOOD_INTERVAL if shipped >= FLOOD_LINES else FLUSH_INTERVAL)
+                shipped = capture.flush()
             if time.monotonic() - last_stats >= STATS_INTERVAL:
                 last_stats = time.monotonic()
                 self._send_counts()
@@ -395,7 +408,7 @@ def start(redis_url: str, job_id: str, ttl: int, context: str) -> Capture:
     if enabled():
         for name in ("stdout", "stderr"):
             original = getattr(sys, name)
-            tee = _Tee(original, capture, name)
+            tee = _Tee(original, capture)
             capture._restore.append((name, original, tee))
             setattr(sys, name, tee)
         _current = capture
@@ -421,7 +434,7 @@ def communicate(proc: subprocess.Popen[str]) -> tuple[str, str]:
     def pump(name: str, pipe: IO[str]) -> None:
         for text in pipe:
             found[name].append(text)
-            capture.feed(name, text)
+            capture.feed(text)
         pipe.close()
 
     readers = [
