@@ -16,6 +16,7 @@ import inspect
 import json
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -354,11 +355,15 @@ def run_job(spec: JobSpec, func: Callable[..., Any], *args: Any, **kwargs: Any) 
     _asked = []
     heartbeat = _get_heartbeat()
     heartbeat.watch(store, job_id)
+    from moi import logs  # the service layer: live output (moi.logs)
+
+    capture = logs.start(spec["redis_url"], job_id, spec["key_timeout"], spec["context"])
     try:  # the lease is renewed until the final write lands, however long Redis takes
         try:
             try:
                 result = func(*args, **kwargs)
             finally:
+                capture.stop()  # the last lines land before the final status
                 interrupted = heartbeat.quiet()
                 asked, _asked = _asked, None
         except BaseException as exc:
@@ -372,6 +377,7 @@ def run_job(spec: JobSpec, func: Callable[..., Any], *args: Any, **kwargs: Any) 
     finally:
         _asked = None
         heartbeat.stop()
+        capture.finished(sys.exc_info()[1])
     if interrupted:
         _forget_cancel(store, job_id)
     return result

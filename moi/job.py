@@ -174,6 +174,7 @@ def _submit(
             submit_error = exc
         else:  # the watchdog's record of the task, sent after the Queued write
             also += store.queued_task_commands(info["id"], _task(context, ar), since)
+            also.append(("HINCRBY", keys.STATS, keys.stat_field("submitted", context.name), 1))
     if submit_error is not None:
         _fail(info["id"], submit_error)
         raise submit_error
@@ -382,8 +383,10 @@ def run_command(cmd: str, env: dict[str, str] | None = None) -> tuple[str, str, 
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
+    from moi import logs  # the service layer: lines go to the job's live output as they come
+
     try:
-        stdout, stderr = proc.communicate()
+        stdout, stderr = logs.communicate(proc)
     except BaseException:  # a cancel interrupts us: take the command down too
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -166,3 +166,29 @@ def _id_problem(node_id: str) -> str | None:
 def _shown(value: str) -> str:
     """``value`` quoted for an error message: escaped, and cut when long."""
     return repr(value) if len(value) <= 60 else repr(value[:60]) + "..."
+
+
+# -- live output and metrics (moi.logs, moi.metrics) ---------------------------------
+
+#: HASH of moi's counters (``submitted|<context>``, ``finished|<context>|<status>``, ...).
+STATS = "moi:stats"
+
+
+def stat_field(*parts: str) -> str:
+    """Field of :data:`STATS` for a counter and its labels (``submitted|default``)."""
+    return "|".join(parts)
+
+
+def log(job_id: str) -> str:
+    """Key of the LIST of a job's last output lines, oldest first."""
+    return f"{job_id}:log"
+
+
+def log_meta(job_id: str) -> str:
+    """Key of the HASH beside :func:`log`: ``total`` lines ever written, ``bytes`` kept."""
+    return f"{job_id}:log:meta"
+
+
+def log_channel(job_id: str) -> str:
+    """Channel on which a job's new output lines are published, in batches."""
+    return f"{job_id}:log:pubsub"

@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import secrets
+import time
 from collections import defaultdict
 from collections.abc import Coroutine
 from functools import partial
@@ -112,6 +113,8 @@ class Relay:
         self.connected = asyncio.Event()
         #: Connections made so far; grows by one on every reconnect.
         self.generation = 0
+        #: Batches and messages relayed so far, and the seconds the last batch took (metrics).
+        self.batches, self.messages, self.lag = 0, 0, 0.0
 
     # -- following ----------------------------------------------------------
     async def follow(self, follower: Follower, ids: list[str]) -> None:
@@ -150,6 +153,10 @@ class Relay:
     def channel_count(self) -> int:
         """Number of node channels currently subscribed."""
         return len(self._followers)
+
+    def view_count(self) -> int:
+        """Number of views (one per connected websocket) following nodes."""
+        return len(self._views())
 
     async def _send(self, command: str, ids: list[str]) -> None:
         if not ids or self._pubsub is None or not self.connected.is_set():
@@ -240,6 +247,7 @@ class Relay:
         assert self._pubsub is not None
         while True:
             message = await self._pubsub.get_message(timeout=None)
+            read_at = time.perf_counter()
             batch: list[dict[str, Any]] = []
             while message is not None:
                 if message["type"] == "message":
@@ -256,6 +264,8 @@ class Relay:
                     raise
                 except Exception:  # keep relaying for everyone else
                     log.exception("could not relay %d pub/sub messages", len(batch))
+                self.batches, self.messages = self.batches + 1, self.messages + len(batch)
+                self.lag = time.perf_counter() - read_at
 
     def _confirmed(self, channel: str) -> None:
         future = self._confirming.get(channel)

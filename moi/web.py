@@ -31,7 +31,7 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.netutil import bind_sockets
 
-from moi import connection, embedded, job, runtime, watchdog
+from moi import connection, embedded, job, runtime, watchdog, web_watch
 from moi.context import resolve
 from moi.errors import MoiError
 from moi.group import create_info, get_id_from_user
@@ -497,6 +497,7 @@ def make_app(
     cookie_secret: str | None = None,
     session_hours: float = SESSION_HOURS,
     allowed_hosts: Iterable[str] = (),
+    metrics_public: bool = False,
 ) -> tornado.web.Application:
     """Build the dashboard application.
 
@@ -516,6 +517,8 @@ def make_app(
     allowed_hosts : iterable of str
         Host names accepted besides the loopback ones on requests reaching a
         loopback address (e.g. the name a reverse proxy forwards).
+    metrics_public : bool
+        Serve ``/metrics`` without a session or token.
 
     Returns
     -------
@@ -549,6 +552,8 @@ def make_app(
             (r"/submit-group", SubmitGroupHandler, page),
             (r"/(job|group)/([A-Za-z0-9_.:-]{1,128})", NodeHandler, page),
             (r"/moi-ws/", DashboardSocket, page),
+            (r"/metrics", web_watch.MetricsHandler, {**page, "public": metrics_public}),
+            (r"/log/([A-Za-z0-9_.-]{1,128})", web_watch.LogPageHandler, page),
         ],
         template_path=str(_HERE / "templates"),
         static_path=str(_HERE / "static"),
@@ -585,6 +590,7 @@ async def serve(
     session_hours: float = SESSION_HOURS,
     allowed_hosts: Iterable[str] = (),
     behind_proxy: bool = False,
+    metrics_public: bool = False,
 ) -> None:
     """Run the dashboard until cancelled, printing its login URL.
 
@@ -598,6 +604,7 @@ async def serve(
         read_only=read_only,
         session_hours=session_hours,
         allowed_hosts=allowed_hosts,
+        metrics_public=metrics_public,
     )
     sockets = bind_sockets(port, address=host)
     port = sockets[0].getsockname()[1]  # the one picked when asked for port 0

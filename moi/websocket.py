@@ -26,7 +26,7 @@ from tornado.escape import json_encode
 from tornado.web import HTTPError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from moi import keys
+from moi import keys, logs
 from moi.errors import InvalidUserError
 from moi.group import MAX_IDS, READ_BURST, READ_RATE, Group
 from moi.relay import Relay, background, get_relay
@@ -79,6 +79,7 @@ class MOIMessageHandler(WebSocketHandler):
         self._room = asyncio.Event()  # set while little is queued
         self._room.set()
         self._done = False  # closed or dropped: nothing more is sent
+        self.log_followers: dict[str, logs.LogFollower] = {}  # job id -> its output's follower
 
     def get_current_user(self) -> str | None:
         """The user name from the secure cookie ``user`` (see :func:`cookie_user`)."""
@@ -107,6 +108,9 @@ class MOIMessageHandler(WebSocketHandler):
         await self.view.start()
 
     async def on_message(self, message: str | bytes) -> None:
+        wanted = logs.parse_log_request(message)  # {"log": id, "from": n}: follow a job's output
+        if wanted is not None:
+            return await self._follow_log(wanted)
         request = parse_request(message)
         if isinstance(request, str):
             self.send_frame({"error": {"message": request, "action": None, "ids": []}})
@@ -122,8 +126,24 @@ class MOIMessageHandler(WebSocketHandler):
                 message = f"{verb} failed: the job store is unreachable ({exc}); try again"
                 self.send_frame({"error": {"message": message, "action": verb, "ids": ids}})
 
+    async def _follow_log(self, wanted: tuple[str, int | None] | str) -> None:
+        error = logs.follow_refusal(wanted, self.view, self.log_followers)
+        if error is not None:
+            return self.send_frame({"error": {"message": error, "action": "log", "ids": []}})
+        assert isinstance(wanted, tuple)
+        job_id, start = wanted
+        old = self.log_followers.pop(job_id, None)
+        if old is not None:
+            await old.close()
+        if start is not None:  # "from": null stops following
+            follower = logs.LogFollower(logs.get_hub(), job_id, self.send_frame, self.drained)
+            self.log_followers[job_id] = follower
+            await follower.start(start)
+
     def on_close(self) -> None:
         self._done = True
+        for follower in self.log_followers.values():
+            background(follower.close(), "closing a log follower")
         self._detach_view()
         self._room.set()  # a reply waiting for room ends: the view is closed
 

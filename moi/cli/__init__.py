@@ -576,6 +576,9 @@ def watchdog() -> None:
     help="Trust X-Forwarded-For/-Proto from a reverse proxy (TLS) in front; only with one.",
 )
 @click.option("--read-only", is_flag=True, help="Hide and refuse submit, cancel and remove.")
+@click.option(
+    "--metrics-public", is_flag=True, help="Serve /metrics without a login (Prometheus)."
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -588,6 +591,7 @@ def serve(
     allow_hosts: tuple[str, ...],
     behind_proxy: bool,
     read_only: bool,
+    metrics_public: bool,
 ) -> None:
     """Serve the live dashboard of a user's jobs."""
     import asyncio
@@ -608,7 +612,8 @@ def serve(
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     runtime.redis_url()  # start or reach Redis before listening
     serving = web.serve(
-        host, port, user, token, read_only, session_hours, allow_hosts, behind_proxy
+        host, port, user, token, read_only, session_hours, allow_hosts, behind_proxy,
+        metrics_public,
     )
     try:
         asyncio.run(serving)
@@ -621,6 +626,8 @@ def serve(
 # Command groups that grew past a few commands live in modules of their own,
 # registered on ``main`` when imported here (each module imports ``main``).
 # from moi.cli import keys as _keys  # noqa: E402,F401  (example)
+from moi.cli import logs as _logs  # noqa: E402,F401
+from moi.cli import watch as _watch  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()
