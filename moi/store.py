@@ -230,11 +230,54 @@ class Store:
         the next submit instead of lengthening this one.  Writes go through
         one connection of their own, one at a time.
         """
-        commands = [
-            ("MULTI",),
-            *self._create_commands(info, parent_if_missing, keep_existing=True),
-            ("EXEC",),
+        commands = self._create_commands(info, parent_if_missing, keep_existing=True)
+        with self._sending([("MULTI",), *commands, ("EXEC",)]) as more:
+            yield more
+
+    @contextmanager
+    def creating_many(
+        self, infos: list[dict[str, Any]], parent_if_missing: dict[str, Any] | None = None
+    ) -> Iterator[list[tuple[str | int, ...]]]:
+        """:meth:`creating` for many new jobs under one parent, in one atomic write.
+
+        Every info object of ``infos`` has the same ``parent``; the parent's
+        children set gets them all in one ``SADD`` and one ``add`` message
+        names them all.
+        """
+        with self._sending(
+            [("MULTI",), *self._create_many_commands(infos, parent_if_missing), ("EXEC",)]
+        ) as more:
+            yield more
+
+    def _create_many_commands(
+        self, infos: list[dict[str, Any]], parent_if_missing: dict[str, Any] | None
+    ) -> list[tuple[str | int, ...]]:
+        ttl, parent = self.key_timeout, keys.check_node_id(infos[0]["parent"], "parent id")
+        ids = [keys.check_node_id(info["id"]) for info in infos]
+        if any(info.get("parent") != parent for info in infos):
+            raise ValueError("creating_many: every info object must have the same parent")
+        commands: list[tuple[str | int, ...]] = []
+        if parent_if_missing is not None:
+            commands.append(
+                ("SET", keys.info(parent), json.dumps(parent_if_missing), "EX", ttl, "NX")
+            )
+        commands += [
+            ("SET", keys.info(i), json.dumps(info), "EX", ttl, "NX")
+            for i, info in zip(ids, infos, strict=True)
         ]
+        commands += [
+            ("SADD", keys.children(parent), *ids),
+            ("EXPIRE", keys.children(parent), ttl),
+            ("EXPIRE", keys.info(parent), ttl),
+            ("PUBLISH", keys.pubsub(parent), json.dumps({"add": ids})),
+        ]
+        return commands
+
+    @contextmanager
+    def _sending(
+        self, commands: list[tuple[str | int, ...]]
+    ) -> Iterator[list[tuple[str | int, ...]]]:
+        """Send ``commands``, run the body, then read their replies (see :meth:`creating`)."""
         payload, replies = pack(commands), len(commands)
         more: list[tuple[str | int, ...]] = []
         with self._creating_lock:
