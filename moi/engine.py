@@ -24,7 +24,7 @@ from typing import Any, NotRequired, TypedDict, TypeVar
 
 import redis
 
-from moi import connection, keys
+from moi import connection
 from moi.errors import ChainError, JobCancelled
 from moi.status import Status, is_terminal
 from moi.store import Store, now, text, update_call
@@ -520,7 +520,7 @@ def run_chunk(specs: list[JobSpec], func: Callable[..., Any], items: list[Any]) 
             raise
         outcomes.append(outcome)
     if owed:
-        persist(lambda: _pipelined(store, owed))
+        persist(lambda: store.update_calls(owed))
     return outcomes
 
 
@@ -544,7 +544,7 @@ def _run_element(
             try:
                 result = func(item, **kwargs)
             finally:
-                interrupted = heartbeat.quiet()
+                heartbeat.quiet()
         except BaseException as exc:
             cancelled = interrupted_by_cancel(exc, heartbeat)
             if not cancelled and not isinstance(exc, Exception):
@@ -552,16 +552,15 @@ def _run_element(
                 raise
             status = Status.CANCELLED if cancelled else Status.FAILED
             final = _final_call(store, job_id, status, traceback.format_exception(exc))
-            return (False, describe(exc)), final + _forget_call(job_id, interrupted)
+            return (False, describe(exc)), final
         try:
             value, note = storable(result, spec.get("max_result_bytes", DEFAULT_MAX_RESULT_BYTES))
         except UnstorableResult as exc:
-            final = _final_call(store, job_id, Status.FAILED, [f"{exc}\n"])
-            return (False, describe(exc)), final + _forget_call(job_id, interrupted)
-        final = _final_call(store, job_id, Status.SUCCESS, value, note)
-        return (True, result), final + _forget_call(job_id, interrupted)
+            return (False, describe(exc)), _final_call(store, job_id, Status.FAILED, [f"{exc}\n"])
+        return (True, result), _final_call(store, job_id, Status.SUCCESS, value, note)
     finally:
-        heartbeat.stop()
+        if heartbeat.stop():
+            _forget_cancel(store, job_id)
 
 
 def _final_call(
@@ -571,24 +570,7 @@ def _final_call(
     fields: dict[str, Any] = {"status": status.value, "result": result, "date_end": now()}
     if note:
         fields["note"] = note
-    call = update_call(job_id, fields, store.key_timeout, "final", ("remove", 0))
-    return [{"script": "update", **call}]
-
-
-def _forget_call(job_id: str, interrupted: bool) -> list[dict[str, Any]]:
-    """Dropping the job's cancel request, when one was delivered."""
-    return [{"script": "clear_cancel", "keys": [keys.cancel(job_id)]}] if interrupted else []
-
-
-def _pipelined(store: Store, calls: list[dict[str, Any]]) -> list[Any]:
-    """Send UPDATE calls (and cancel-flag deletions) in one round trip; their replies in order."""
-    with store.r.pipeline(transaction=False) as pipe:
-        for call in calls:
-            if call["script"] == "update":
-                store._update(keys=call["keys"], args=call["args"], client=pipe)
-            else:
-                pipe.delete(*call["keys"])
-        return list(pipe.execute())
+    return [update_call(job_id, fields, store.key_timeout, "final", ("remove", 0))]
 
 
 def _start_after(store: Store, spec: JobSpec, owed: list[dict[str, Any]]) -> bool:
@@ -601,7 +583,7 @@ def _start_after(store: Store, spec: JobSpec, owed: list[dict[str, Any]]) -> boo
     call = update_call(
         spec["id"], fields, store.key_timeout, "queued", ("add", LEASE_TTL), spec.get("info")
     )
-    replies, retried = persist(lambda: _pipelined(store, [*owed, {"script": "update", **call}]))
+    replies, retried = persist(lambda: store.update_calls([*owed, call]))
     owed.clear()
     applied, before = replies[-1]
     return applied == 1 or (retried and text(before) == Status.RUNNING)
@@ -614,12 +596,9 @@ def _stop_chunk(store: Store, rest: list[JobSpec], exc: BaseException) -> None:
         "date_end": now(),
         "result": [CHUNK_STOPPED.format(describe(exc)) + "\n"],
     }
-    calls = [
-        {"script": "update", **update_call(s["id"], fields, store.key_timeout, "queued")}
-        for s in rest
-    ]
+    calls = [update_call(s["id"], fields, store.key_timeout, "queued") for s in rest]
     try:
         if calls:
-            _pipelined(store, calls)
+            store.update_calls(calls)
     except redis.RedisError:  # the watchdog fails them once the chunk's task ended
         pass
