@@ -20,6 +20,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from types import FunctionType
 from typing import Any, NotRequired, TypedDict, TypeVar
 
 import redis
@@ -254,6 +255,17 @@ def _moi_chain(*args: Any, **kwargs: Any) -> None:
 
 def _accepts(func: Callable[..., Any], name: str) -> bool:
     """Whether ``func`` takes the keyword argument ``name`` (or ``**kwargs``)."""
+    code = getattr(func, "__code__", None)
+    if (
+        isinstance(func, FunctionType)
+        and code is not None
+        and not hasattr(func, "__wrapped__")
+    ):
+        # a plain function: its code says it, at a tenth of inspect.signature's cost
+        named = code.co_varnames[
+            code.co_posonlyargcount : code.co_argcount + code.co_kwonlyargcount
+        ]
+        return bool(code.co_flags & inspect.CO_VARKEYWORDS) or name in named
     try:
         params = inspect.signature(func).parameters.values()
     except (TypeError, ValueError):
