@@ -15,6 +15,7 @@ from pathlib import Path
 
 import chaining
 import logs
+import peers
 import push
 import submit_overhead
 import tree_read
@@ -28,6 +29,7 @@ SUITES = {
     "push": push,
     "chaining": chaining,
     "logs": logs,
+    "peers": peers,
 }
 
 

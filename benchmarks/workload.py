@@ -34,3 +34,11 @@ def hop(left: int, moi_chain: Any = None, **kwargs: Any) -> int:
     if left > 0:
         moi_chain(hop, left - 1, name=f"hop {left - 1}")
     return left
+
+
+def nap(x: int, **kwargs: Any) -> int:
+    """Job: sleep 50 ms, then return its argument (the cluster, not the tool, is the limit)."""
+    import time
+
+    time.sleep(0.05)
+    return x

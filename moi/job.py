@@ -12,30 +12,42 @@ import ast
 import functools
 import json
 import linecache
+import math
 import os
 import reprlib
+import shlex
 import signal
 import subprocess
 import textwrap
 import time
 import traceback
 import weakref
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import ipyparallel as ipp
 
 from moi import ctxs, engine, keys, runtime
 from moi.context import Context, _connection_file, resolve
-from moi.engine import DEFAULT_MAX_RESULT_BYTES, CommandFailed, JobSpec, run_job, run_typed
-from moi.errors import MoiError
+from moi.engine import (
+    DEFAULT_MAX_RESULT_BYTES,
+    CommandFailed,
+    JobSpec,
+    run_chunk,
+    run_job,
+    run_typed,
+)
+from moi.errors import MoiError, UnknownIdError
 from moi.group import create_info, get_id_from_user
 from moi.status import Status, is_terminal
-from moi.store import now
+from moi.store import decode, now, update_call
 
 __all__ = [
     "submit",
     "submit_type",
+    "submit_many",
+    "ManyJobs",
     "submit_nouser",
     "system_call",
     "python_call",
@@ -441,6 +453,26 @@ def python_call(cmd: str, **kwargs: Any) -> Any:
     return namespace["_moi_cmd"]()
 
 
+#: The environment variable that holds a ``--many`` job's input line for a shell command.
+INPUT_VARIABLE = "MOI_INPUT"
+
+
+def python_each(x: str, cmd: str, **kwargs: Any) -> Any:
+    """:func:`python_call` for one input of ``moi submit --many``: the code sees it as ``x``."""
+    namespace: dict[str, Any] = {"x": x, "moi_update_status": kwargs.get("moi_update_status")}
+    exec(compile(python_source(cmd), "<moi-cmd>", "exec"), namespace)
+    return namespace["_moi_cmd"]()
+
+
+def system_each(x: str, cmd: str, **kwargs: Any) -> tuple[str, str, int]:
+    """:func:`system_call` for one input of ``moi submit --many``.
+
+    The input is in the environment variable ``MOI_INPUT``, and every ``{}``
+    of ``cmd`` is replaced by it, quoted for the shell.
+    """
+    return system_call(cmd.replace("{}", shlex.quote(x)), env={INPUT_VARIABLE: x})
+
+
 def cancel(job_id: str) -> str:
     """Cancel a job: a queued one never runs, a running one is interrupted.
 
@@ -596,3 +628,271 @@ def end_jobs(job_ids: list[str], reason: str) -> None:
     store = runtime.store()
     for job_id in job_ids:
         store.update(job_id, fields, guard="live", lease=("remove", 0))
+
+
+# -- many jobs at once ------------------------------------------------------------
+#: Chunks per engine when ``submit_many`` picks the chunk size: enough to even out
+#: uneven elements, few enough that handing them over costs little.
+CHUNKS_PER_ENGINE = 4
+#: Largest chunk ``submit_many`` picks itself (a chunk is one ipyparallel task).
+MAX_CHUNKSIZE = 250
+
+
+class ManyJobs:
+    """The jobs of one :func:`submit_many` call: their ids, and waiting on all of them.
+
+    Attributes
+    ----------
+    ids : list of str
+        The job ids, in input order.
+    parent_id : str
+        The group they belong to.
+    async_results : list of ipyparallel.AsyncResult
+        One per chunk; each one's value is a list of ``(ok, value)`` pairs.
+    chunks : list of range
+        Which input positions each chunk holds.
+    """
+
+    def __init__(
+        self,
+        ids: list[str],
+        parent_id: str,
+        async_results: list[ipp.AsyncResult],
+        chunks: list[range],
+    ) -> None:
+        self.ids, self.parent_id = ids, parent_id
+        self.async_results, self.chunks = async_results, chunks
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def counts(self) -> dict[str, int]:
+        """How many of the jobs are in each status now (one Redis read)."""
+        return status_counts(self._infos())
+
+    def wait(
+        self,
+        timeout: float | None = None,
+        progress: Callable[[dict[str, int]], None] | None = None,
+        interval: float = 0.2,
+    ) -> list[dict[str, Any]]:
+        """Block until every job has ended; return their final info objects in input order.
+
+        Parameters
+        ----------
+        timeout : float, optional
+            Seconds to wait at most, in all (forever when omitted).
+        progress : callable, optional
+            Called with the counts by status (``{'Queued': 3, 'Success': 7, ...}``)
+            about every ``interval`` seconds, and once at the end.
+        interval : float
+            Seconds between two looks while jobs run.
+
+        Raises
+        ------
+        TimeoutError
+            When ``timeout`` passes first.
+        UnknownIdError
+            When a job's info object is gone (expired).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._wait_chunks(deadline, interval if progress else None)
+            infos = self._infos()
+            counts = status_counts(infos)
+            if progress is not None:
+                progress(counts)
+            if all(is_done(info) for info in infos):
+                return infos
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{len(self.ids)} jobs not all ended after {timeout} s: {counts}"
+                )
+            if all(ar.ready() for ar in self.async_results):  # a failed chunk being settled
+                time.sleep(interval)
+
+    def get(self, timeout: float | None = None) -> list[Any]:
+        """The functions' return values in input order, once every job has ended.
+
+        Raises
+        ------
+        MoiError
+            When a job did not succeed (failed, cancelled): the message names
+            how many and the first one's id and reason.
+        TimeoutError
+            When ``timeout`` passes first.
+        """
+        infos = self.wait(timeout)
+        values: list[Any] = [None] * len(self.ids)
+        for chunk, ar in zip(self.chunks, self.async_results, strict=True):
+            try:
+                outcomes = ar.get(0) if ar.successful() else None
+            except Exception:  # noqa: BLE001 -- a failed chunk: its jobs' infos say why
+                outcomes = None
+            for position, outcome in zip(chunk, outcomes or [], strict=False):
+                values[position] = outcome[1]
+        bad = [info for info in infos if info.get("status") != Status.SUCCESS]
+        if bad:
+            reason = result_text(bad[0]).strip().splitlines()[-1:] or [""]
+            raise MoiError(
+                f"{len(bad)} of {len(infos)} jobs did not succeed; the first, "
+                f"{bad[0]['id']}, is {bad[0].get('status')}: {reason[0]}"
+            )
+        return values
+
+    def _wait_chunks(self, deadline: float | None, at_most: float | None) -> None:
+        """Wait for the chunks' tasks until ``deadline``, or ``at_most`` seconds from now."""
+        if at_most is not None:
+            soon = time.monotonic() + at_most
+            deadline = soon if deadline is None else min(deadline, soon)
+        for ar in self.async_results:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not ar.wait(left):
+                return
+
+    def _infos(self) -> list[dict[str, Any]]:
+        raws = runtime.store().r.mget([keys.info(i) for i in self.ids])
+        infos = []
+        for job_id, raw in zip(self.ids, raws, strict=True):
+            info = decode(raw)
+            if info is None:
+                raise UnknownIdError(f"job {job_id} of this submission is gone (expired?)")
+            infos.append(info)
+        return infos
+
+
+def status_counts(infos: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """How many of ``infos`` are in each status: every moi status, in order, then any other."""
+    found = Counter(str(info.get("status")) for info in infos)
+    counts = {status.value: found.pop(status.value, 0) for status in Status}
+    return {**counts, **found}
+
+
+def submit_many(
+    ctx: Context | str | None,
+    parent_id: str,
+    name: str,
+    func: Callable[..., Any],
+    iterable_of_args: Iterable[Any],
+    chunksize: int | None = None,
+    url: str | None = None,
+) -> tuple[list[str], ManyJobs]:
+    """Run ``func(x)`` for every ``x`` of ``iterable_of_args``, each as a job of its own.
+
+    Every element is a job under ``parent_id`` like one of :func:`submit`
+    (its own info object, status, result, cancel, live updates), named
+    ``name [i]``.  The Queued info objects go to Redis in one atomic write, and
+    the work goes to the cluster in chunks: one task per chunk runs its
+    elements in order on an engine (:func:`moi.engine.run_chunk`), each one's
+    ``Running`` confirmed before it runs and its final status stored before
+    the chunk's result returns.  A cancelled element not yet started is
+    skipped; a running one is interrupted.  An engine that dies fails every
+    unfinished element of its chunk.  Elements cannot chain next jobs.
+
+    Parameters
+    ----------
+    ctx, parent_id, url
+        As for :func:`submit`.
+    name : str
+        Base name of the jobs; element ``i`` is named ``name [i]``.
+    func : callable
+        Called as ``func(x, moi_update_status=..., moi_context=...,
+        moi_parent_id=...)``: it must accept ``**kwargs``.  Several arguments
+        per element: pass tuples and unpack them in ``func``.
+    iterable_of_args : iterable
+        The inputs, one per job; read once, before anything is written.
+    chunksize : int, optional
+        Elements per task.  By default the elements are spread over about
+        four chunks per engine (at most 250 elements each).
+
+    Returns
+    -------
+    (job_ids, ManyJobs)
+        The ids in input order, and a handle whose ``wait()`` returns the
+        final info objects and ``get()`` the return values, both in input order.
+
+    Raises
+    ------
+    MoiError
+        Before anything is written: ``func`` not callable, ``iterable_of_args``
+        not iterable or empty, a ``chunksize`` that is not a positive whole
+        number; and what :func:`submit` raises.
+    """
+    keys.check_node_id(parent_id, "parent id")
+    if not callable(func):
+        raise MoiError(f"submit_many: func must be callable, not {type(func).__name__}")
+    if isinstance(iterable_of_args, (str, bytes)) or not isinstance(iterable_of_args, Iterable):
+        kind = type(iterable_of_args).__name__
+        raise MoiError(
+            f"submit_many: the inputs must be an iterable (a list, a range...), not {kind}"
+        )
+    items = list(iterable_of_args)
+    if not items:
+        raise MoiError("submit_many: no inputs (the iterable is empty): nothing to submit")
+    if chunksize is not None and (
+        isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1
+    ):
+        raise MoiError(f"submit_many: chunksize must be a positive whole number, not {chunksize!r}")
+    context = resolve(ctx)
+    bv = context.bv  # connect before writing anything
+    size = chunksize or _chunksize(len(items), len(context.client.ids))
+    store = runtime.store()
+    infos = [
+        create_info(f"{name} [{i}]", "job", url=url, parent=parent_id, context=context.name)
+        for i in range(len(items))
+    ]
+    parent = create_info("unnamed", "group", id=parent_id)
+    common = {
+        "redis_url": runtime.redis_url(),
+        "key_timeout": store.key_timeout,
+        "context": context.name,
+        "parent": parent_id,
+        "max_result_bytes": max_result_bytes(),
+    }
+    specs: list[JobSpec] = [JobSpec(id=info["id"], info=info, **common) for info in infos]  # type: ignore[typeddict-item]
+    chunks = [range(start, min(start + size, len(items))) for start in range(0, len(items), size)]
+    ars: list[ipp.AsyncResult] = []
+    submit_error: Exception | None = None
+    since = time.time()
+    with store.creating_many(infos, parent_if_missing=parent) as also:
+        try:
+            for chunk in chunks:
+                task = functools.partial(run_chunk, specs[chunk.start : chunk.stop])
+                ars.append(bv.apply_async(task, func, items[chunk.start : chunk.stop]))
+        except Exception as exc:
+            submit_error = exc
+        for chunk, ar in zip(chunks, ars, strict=False):  # the watchdog's record of each task
+            entry = _task(context, ar)
+            for position in chunk:
+                also += store.queued_task_commands(infos[position]["id"], entry, since)
+    ids = [info["id"] for info in infos]
+    if submit_error is not None:
+        handed = sum(len(chunk) for chunk in chunks[: len(ars)])
+        for job_id in ids[handed:]:
+            _fail(job_id, submit_error)
+        raise submit_error
+    for chunk, ar in zip(chunks, ars, strict=True):
+        ar.add_done_callback(functools.partial(_settle_chunk, ids[chunk.start : chunk.stop]))
+    return ids, ManyJobs(ids, parent_id, ars, chunks)
+
+
+def _chunksize(count: int, engines: int) -> int:
+    """Elements per chunk: about :data:`CHUNKS_PER_ENGINE` chunks per engine."""
+    return max(1, min(MAX_CHUNKSIZE, math.ceil(count / (max(1, engines) * CHUNKS_PER_ENGINE))))
+
+
+def _settle_chunk(job_ids: list[str], ar: ipp.AsyncResult) -> None:
+    """Fail the unfinished jobs of a chunk the cluster failed (its engine died, say)."""
+    exc = ar.exception()
+    if exc is None:
+        return
+    fields = {"status": Status.FAILED.value, "date_end": now(), "result": [settle_reason(exc)]}
+    store = runtime.store()
+    try:
+        with store.r.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                call = update_call(job_id, fields, store.key_timeout, "live", ("remove", 0))
+                store._update(keys=call["keys"], args=call["args"], client=pipe)
+            pipe.execute(raise_on_error=False)
+    except Exception:  # noqa: BLE001 -- the submitter is shutting down; the watchdog settles them
+        pass

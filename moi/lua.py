@@ -51,22 +51,39 @@ local function value_end(s, vs)
 end
 
 -- Fields of a JSON object as {raw key, raw value}, in order, and key -> position.
+-- Keys without escapes and strings without escapes (nearly all) take one match each.
 local function split_object(s)
-  local fields, index = {}, {}
+  local fields, index, n = {}, {}, 0
   local i = string.find(s, '{', 1, true) + 1
   while true do
-    local q = string.find(s, '["}]', i)
-    if not q or string.byte(s, q) == 125 then return fields, index end
-    local qe = string_end(s, q)
-    local raw_key = string.sub(s, q, qe)
-    local key = string.sub(raw_key, 2, -2)
-    if string.find(key, '\\\\', 1, true) then key = cjson.decode(raw_key) end
-    local vs = string.find(s, '%S', string.find(s, ':', qe + 1, true) + 1)
-    local c = value_end(s, vs)
-    local ve = c - 1
-    while is_space(string.byte(s, ve)) do ve = ve - 1 end
-    fields[#fields + 1] = {raw_key, string.sub(s, vs, ve)}
-    index[key] = #fields
+    local _, _, key, vs = string.find(s, '^%s*"([^"\\\\]*)"%s*:%s*()', i)
+    local raw_key
+    if key then
+      raw_key = '"' .. key .. '"'
+    else
+      local q = string.find(s, '["}]', i)
+      if not q or string.byte(s, q) == 125 then return fields, index end
+      local qe = string_end(s, q)
+      raw_key = string.sub(s, q, qe)
+      key = cjson.decode(raw_key)
+      vs = string.find(s, '%S', string.find(s, ':', qe + 1, true) + 1)
+    end
+    local b, ve, c = string.byte(s, vs), nil, nil
+    if b == 34 then
+      local _, e = string.find(s, '^"[^"\\\\]*"', vs)
+      ve = e or string_end(s, vs)
+    elseif b == 91 or b == 123 then
+      c = value_end(s, vs)
+      ve = c - 1
+      while is_space(string.byte(s, ve)) do ve = ve - 1 end
+    else
+      local _, e = string.find(s, '^[^,}%s]+', vs)
+      ve = e
+    end
+    c = c or string.find(s, '[,}]', ve + 1)
+    n = n + 1
+    fields[n] = {raw_key, string.sub(s, vs, ve)}
+    index[key] = n
     if string.byte(s, c) == 125 then return fields, index end
     i = c + 1
   end

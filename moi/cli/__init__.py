@@ -212,6 +212,14 @@ class _StatusPrinter:
     show_default=True,
     help="Run --cmd as Python or as a shell command.",
 )
+@click.option(
+    "--many",
+    "many",
+    default=None,
+    metavar="FILE",
+    help="One job per line of FILE (- for stdin): Python gets the line as x; a shell "
+    "command gets it as $MOI_INPUT and in place of {}. --block shows progress.",
+)
 @json_option
 def submit(
     user: str,
@@ -223,6 +231,7 @@ def submit(
     context: str | None,
     block: bool,
     cmd_type: str,
+    many: str | None,
     as_json: bool,
 ) -> None:
     """Submit a Python snippet, a shell command or a typed job as a job.
@@ -230,6 +239,8 @@ def submit(
     With --json: ``{"id": ...}`` without --block, the final info object with it
     (the status changes still go to stderr).
     """
+    if many is not None and (job_type is not None or cmd is None):
+        raise click.UsageError("--many goes with --cmd")
     if job_type is not None:
         if cmd is not None:
             raise click.UsageError("give --cmd or --type, not both")
@@ -242,9 +253,17 @@ def submit(
         raise click.UsageError("--environ and --environ-file go with --type")
     elif cmd_type == "python":
         job.check_python(cmd)
+    if many is not None:
+        from moi.cli import many as bulk
+
+        inputs = bulk.read_inputs(many)  # before anything is written
     ctx = resolve(context)
     ctx.bv  # noqa: B018 -- reach the cluster before writing anything
     parent = get_id_from_user(user)
+    if many is not None:
+        assert cmd is not None
+        bulk.submit(ctx, parent, name or f"{user}-cmd-submit", cmd, cmd_type, inputs, block)
+        return
     if job_type is not None:
         job_name = name or f"{user}-{job_type}-submit"
         job_id, _, ar = job.submit_type(ctx, parent, job_name, job_type, typed_environ)
