@@ -268,7 +268,7 @@ def test_moi_resyncs_after_every_connect_and_backs_off(fake):
     assert fake.evaluate("window.sock().url") == "ws://moi.test/moi-ws/"
     fake.evaluate("moi.send('cancel', ['queued-while-connecting'])")
     fake.evaluate("window.sock()._open()")
-    assert sent(fake) == [{"get": []}, {"cancel": ["queued-while-connecting"]}]
+    assert sent(fake) == [{"batch": True}, {"get": []}, {"cancel": ["queued-while-connecting"]}]
     push(fake, {"update": job("a")})
     assert fake.evaluate("window.got") == [["update", "a"], ["again", "a"]]
 
@@ -277,7 +277,7 @@ def test_moi_resyncs_after_every_connect_and_backs_off(fake):
     fake.evaluate("moi.send('remove', ['while-down'])")
     fake.wait_for_function("window.__sockets.length === 2", timeout=5000)
     fake.evaluate("window.sock()._open()")
-    assert sent(fake) == [{"get": []}, {"remove": ["while-down"]}]
+    assert sent(fake) == [{"batch": True}, {"get": []}, {"remove": ["while-down"]}]
     assert fake.evaluate("window.seen") == [
         "open",
         "on_open",
@@ -295,7 +295,7 @@ def test_moi_resyncs_after_every_connect_and_backs_off(fake):
     # closed for good: nothing reconnects, and init works again
     fake.wait_for_timeout(100)  # longer than the 20 ms back-off: a reconnect would show
     assert fake.evaluate("window.__sockets.length") == 2
-    fake.evaluate("moi.init('root', 'other:1', null, null, null, {initialGet: false})")
+    fake.evaluate("moi.init('root', 'other:1', null, null, null, {initialGet: false, batch: false})")
     fake.evaluate("window.sock()._open()")
     assert fake.evaluate("window.sock().url") == "ws://other:1/moi-ws/"
     assert sent(fake) == []
@@ -303,7 +303,7 @@ def test_moi_resyncs_after_every_connect_and_backs_off(fake):
 
 def test_panel_draws_frames_as_a_live_tree(fake):
     open_panel(fake)
-    assert sent(fake) == [{"get": []}]
+    assert sent(fake) == [{"batch": True}, {"get": []}]
     expect(fake.locator(".moi-connection")).to_have_attribute("data-state", "open")
     push(
         fake,
@@ -334,8 +334,11 @@ def test_panel_draws_frames_as_a_live_tree(fake):
     badge = panel.locator('[data-id="j1"] .moi-status')
     expect(badge).to_have_attribute("data-status", "Running")
     push(fake, {"update": job("j1", "step 2 of 3", date_start="2026-01-01 10:00:00")})
-    expect(badge).to_have_text("step 2 of 3")
-    expect(badge).to_have_class(re.compile(r"\bmoi-status-custom\b"))
+    # a job's own status text counts as Running and shows beside the badge
+    expect(badge).to_have_text("Running")
+    expect(badge).to_have_attribute("data-status", "step 2 of 3")
+    expect(badge).to_have_class(re.compile(r"\bmoi-status-running\b"))
+    expect(panel.locator('[data-id="j1"] .moi-status-text')).to_have_text("step 2 of 3")
     expect(panel.locator('[data-id="j1"] .moi-cancel')).to_be_visible()
     done = job("j1", "Success", date_start="2026-01-01 10:00:00", date_end="2026-01-01 10:00:02.5")
     push(fake, {"update": {**done, "url": "/results/j1"}})
@@ -346,7 +349,9 @@ def test_panel_draws_frames_as_a_live_tree(fake):
     expect(panel.locator('.moi-counts [data-status="Success"]')).to_have_attribute(
         "data-count", "1"
     )
-    expect(panel.locator('[data-id="g1"] .moi-progress')).to_have_text("0/1 done")
+    expect(panel.locator('[data-id="g1"] .moi-progress')).to_have_text(
+        "1 job: 0 succeeded, 0 failed, 1 queued"
+    )
 
     push(fake, {"remove": group("g1")})  # takes its subtree along
     expect(panel.locator("[data-id]")).to_have_count(1)
@@ -374,7 +379,7 @@ def test_panel_renders_data_as_text_and_links_only_safe_urls(fake, watched):
     )
     panel = fake.locator("#panel")
     expect(panel.locator('[data-id="x1"] .moi-name')).to_have_text(evil)
-    expect(panel.locator('[data-id="x1"] .moi-status')).to_have_text(evil)
+    expect(panel.locator('[data-id="x1"] .moi-status-text')).to_have_text(evil)
     assert panel.locator("img, script").count() == 0
     # a custom status is not done: no result link yet; unsafe URLs fall back to the job page
     expect(panel.locator('[data-id="x1"] .moi-result')).to_be_hidden()
@@ -392,11 +397,14 @@ def test_panel_buttons_send_requests_and_read_only_has_none(fake):
     push(fake, {"get": job("q")}, {"get": job("s", "Success")}, {"get": group("g")})
     panel = fake.locator("#panel")
     panel.locator('[data-id="q"] .moi-cancel').click()
+    panel.locator('[data-id="q"] .moi-confirm').click()  # destructive: asked first
     expect(panel.locator('[data-id="q"] .moi-cancel')).to_be_disabled()
     panel.locator('[data-id="s"] .moi-remove').click()
+    panel.locator('[data-id="s"] .moi-confirm').click()
     panel.locator('[data-id="g"] .moi-remove').click()
+    panel.locator('[data-id="g"] .moi-confirm').click()
     expect(panel.locator('[data-id="g"] > details')).to_have_attribute("open", "")
-    assert sent(fake)[1:] == [{"cancel": ["q"]}, {"remove": ["s"]}, {"remove": ["g"]}]
+    assert sent(fake)[2:] == [{"cancel": ["q"]}, {"remove": ["s"]}, {"remove": ["g"]}]
     # the server refused the cancel: the button comes back
     refused = {"message": "job already finished (Success)", "action": "cancel", "ids": ["q"]}
     push(fake, {"error": refused})
@@ -426,7 +434,7 @@ def test_panel_reconnects_and_drops_nodes_removed_while_away(fake):
     expect(fake.locator(".moi-connection")).to_contain_text("retrying in")
     fake.wait_for_function("window.__sockets.length === 2", timeout=5000)  # after ~0.5 s
     fake.evaluate("window.sock()._open()")
-    assert sent(fake) == [{"get": []}]
+    assert sent(fake) == [{"batch": True}, {"get": []}]
     push(fake, {"get": group("root", parent=None)}, {"get": job("kept", "Success")})
     expect(fake.locator('#panel [data-id="gone"]')).to_have_count(0)
     expect(fake.locator('#panel [data-id="kept"] .moi-status')).to_have_text("Success")
@@ -597,6 +605,7 @@ def test_cancel_button_cancels_a_running_job(page, server, user, gate):
     log_in(page, server)
     expect(status_of(page, job_id)).to_have_attribute("data-status", "Running")
     row(page, job_id).locator(".moi-cancel").click()
+    row(page, job_id).locator(".moi-confirm").click()
     expect(status_of(page, job_id)).to_have_attribute("data-status", "Cancelled", timeout=LIVE)
     expect(status_of(page, job_id)).to_have_css("background-color", "rgb(194, 65, 12)")
     expect(row(page, job_id).locator(".moi-cancel")).to_be_hidden()
@@ -619,9 +628,9 @@ def test_html_in_job_names_statuses_and_urls_stays_text(page, server, user, gate
 
     expect(status_of(page, named)).to_have_attribute("data-status", "Success", timeout=LIVE)
     expect(row(page, named).locator(".moi-name")).to_have_text(evil)
-    expect(status_of(page, busy)).to_have_text(evil_status, timeout=LIVE)
+    expect(row(page, busy).locator(".moi-status-text")).to_have_text(evil_status, timeout=LIVE)
     expect(status_of(page, busy)).to_have_attribute("data-status", evil_status)
-    expect(status_of(page, busy)).to_have_css("background-color", "rgb(126, 34, 206)")  # custom
+    expect(status_of(page, busy)).to_have_css("background-color", "rgb(37, 99, 235)")  # running
     expect(row(page, busy).locator(".moi-cancel")).to_be_visible()  # a custom status still runs
     expect(status_of(page, bad_url)).to_have_attribute("data-status", "Success", timeout=LIVE)
     expect(row(page, bad_url).locator(".moi-result")).to_have_attribute("href", f"/job/{bad_url}")
@@ -631,7 +640,7 @@ def test_html_in_job_names_statuses_and_urls_stays_text(page, server, user, gate
     assert page.locator("#moi-panel img, #moi-panel b, #moi-panel script").count() == 0
     hrefs = page.locator("a[href]").evaluate_all("els => els.map(a => a.getAttribute('href'))")
     assert not any(h.lower().startswith("javascript:") for h in hrefs), hrefs
-    row(page, busy).locator(".moi-status").hover()
+    row(page, busy).locator(".moi-status-text").hover()
     assert watched.dialogs == []
 
 
@@ -717,6 +726,7 @@ def test_remove_button_removes_the_row_for_good(page, server, user):
     expect(status_of(page, job_id)).to_have_attribute("data-status", "Success", timeout=LIVE)
     expect(status_of(page, kept)).to_have_attribute("data-status", "Success", timeout=LIVE)
     row(page, job_id).locator(".moi-remove").click()
+    row(page, job_id).locator(".moi-confirm").click()
     expect(row(page, job_id)).to_have_count(0)
     expect(row(page, kept)).to_have_count(1)
     assert page.evaluate("moi_list.counts()")["Success"] == 1
@@ -736,7 +746,7 @@ def test_group_form_makes_a_collapsible_group_of_jobs(page, server, user):
     jobs = group_row.locator(".moi-job")
     expect(jobs).to_have_count(2, timeout=LIVE)
     expect(jobs.locator('.moi-status[data-status="Success"]')).to_have_count(2, timeout=LIVE)
-    expect(group_row.locator(".moi-progress")).to_have_text("2/2 done")
+    expect(group_row.locator(".moi-progress")).to_have_text("2 jobs: 2 succeeded, 0 failed")
     expect(jobs.locator(".moi-name")).to_have_text(["my batch #2", "my batch #1"])
     group_row.locator("summary .moi-progress").click()  # folds the group
     expect(jobs.first).to_be_hidden()

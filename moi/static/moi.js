@@ -44,12 +44,29 @@
     resync: true,
     /** Most frames kept while disconnected, sent once connected. */
     maxQueue: 100,
+    /** Ask the server for batched frames ({"batch": true}) at every (re)connect. */
+    batch: true,
   });
 
   /** Actions the server sends; add_callback accepts these. */
   const SERVER_ACTIONS = Object.freeze(["add", "update", "remove", "get", "error"]);
 
-  const events = new EventTarget();
+  /** The "message" event costs a few microseconds a frame: it is only made while someone listens. */
+  let messageListeners = 0;
+
+  class Events extends EventTarget {
+    addEventListener(type, listener, opts) {
+      if (type === "message" && listener) messageListeners += 1;
+      super.addEventListener(type, listener, opts);
+    }
+
+    removeEventListener(type, listener, opts) {
+      if (type === "message" && listener && messageListeners > 0) messageListeners -= 1;
+      super.removeEventListener(type, listener, opts);
+    }
+  }
+
+  const events = new Events();
   const callbacks = new Map(SERVER_ACTIONS.map((action) => [action, []]));
 
   let options = null;     // merged options while initialised, else null
@@ -110,6 +127,7 @@
       const first = opened === 0;
       attempt = 0;
       opened += 1;
+      if (options.batch) ws.send(JSON.stringify({ batch: true }));
       if (first ? options.initialGet : options.resync) {
         ws.send(JSON.stringify({ get: [] }));
       }
@@ -155,10 +173,24 @@
       emit("error", { message: "moi: the server sent a frame that is not an object" });
       return;
     }
-    events.dispatchEvent(new MessageEvent("message", { data: frame }));
-    for (const [action, data] of Object.entries(frame)) {
+    if (Array.isArray(frame.batch)) {
+      for (const inner of frame.batch) {
+        if (inner !== null && typeof inner === "object" && !Array.isArray(inner)) deliver(inner);
+      }
+      return;
+    }
+    deliver(frame);
+  }
+
+  function deliver(frame) {
+    if (messageListeners > 0) events.dispatchEvent(new MessageEvent("message", { data: frame }));
+    for (const action in frame) {
+      const list = callbacks.get(action);
+      if (!list || list.length === 0) continue;
       // a copy: a callback may add or remove callbacks; one broken callback starves no other
-      for (const func of [...(callbacks.get(action) || [])]) safely(func, data);
+      const data = frame[action];
+      if (list.length === 1) safely(list[0], data);
+      else for (const func of [...list]) safely(func, data);
     }
   }
 
@@ -175,7 +207,7 @@
   }
 
   const moi = {
-    VERSION: "1.0.0",
+    VERSION: "1.1.0",
     DEFAULTS,
     SERVER_ACTIONS,
     /** EventTarget firing "open", "close", "error", "reconnect" (CustomEvent, details in .detail) and "message" (MessageEvent, parsed frame in .data). */

@@ -1,25 +1,49 @@
 /**
  * moi_list.js: a live panel of a moi job tree, drawn inside a <div>.
  *
- *   moi_list.init(group_id, div[, {readOnly: false, host: "", detailsUrl: info => url}])
+ *   moi_list.init(group_id, div[, {readOnly: false, host: "", detailsUrl: info => url,
+ *                                  pageSize: 50, collapseAbove: 20, xsrfToken}])
  *   moi_list.counts()   // {"Queued": 0, "Running": 1, "Success": 4, ...}
+ *   panel.setFilter({status: "Failed", text: "epoch"})
  *
  * Needs moi.js loaded first; opens moi's connection unless the page already
- * did.  Groups are collapsible nodes holding their jobs; each job shows its
- * name, a status badge, the elapsed time (ticking while it runs), a link to
- * its result once done, and Cancel / Remove buttons (none when readOnly).
+ * did.  Groups are collapsible nodes holding their jobs (folded by default
+ * when they hold more than `collapseAbove` nodes); each job shows its name,
+ * the short description of its call, a status badge (a job's own status text,
+ * like "epoch 13/200", counts as Running and shows beside it), the elapsed
+ * time (ticking while it runs), a link to its result once done, and Cancel /
+ * Remove (asking "Yes, ..." / "No" first), Retry (finished jobs) and Run
+ * (Pending jobs) buttons, none of them when readOnly; Log when moi_log.js is
+ * loaded.
+ *
+ * It stays fast at 100,000 jobs: the tree is kept in plain maps with exact
+ * counts, and the DOM holds only what can be seen: pages of `pageSize` nodes
+ * in the top list and in each open group, redrawn once per animation frame.
+ * Filters (by status, by name substring) choose the jobs shown; the counts
+ * stay those of every job.
  *
  * Everything that comes from the server goes into the page as text or as an
  * attribute value, never as HTML; links are only made from safe URLs.
  * Stable hooks for styles and tests: every node has data-id, the badge is
  * .moi-status[data-status], the buttons are .moi-cancel and .moi-remove, the
- * counts are .moi-counts [data-status].
+ * counts are .moi-counts [data-status], the filters .moi-filter-status and
+ * .moi-filter-name, the pagers .moi-pager (.moi-prev, .moi-next).
  */
 (function (root) {
   "use strict";
 
   const STATUSES = Object.freeze(["Queued", "Running", "Success", "Failed", "Cancelled"]);
   const TERMINAL = new Set(["Success", "Failed", "Cancelled"]);
+  /** Statuses counted under their own name; any other non-empty text counts as Running. */
+  const KNOWN = new Set([...STATUSES, "Pending"]);
+  /** Nodes per page in the top list and in each group. */
+  const PAGE_SIZE = 50;
+  /** Groups holding more nodes than this start folded. */
+  const COLLAPSE_ABOVE = 20;
+  /** Longest wait for a redraw when the page gets no animation frames (hidden). */
+  const FLUSH_FALLBACK_MS = 100;
+  /** How long a "Yes, cancel" / "Yes, remove" question waits for an answer. */
+  const CONFIRM_MS = 8000;
   /** Quiet time after the last "get" frame before nodes missing from a fresh snapshot are dropped. */
   const SNAPSHOT_QUIET_MS = 400;
   /** Most error lines kept on screen. */
@@ -31,7 +55,7 @@
   /** The CSS modifier of a status: "queued", ..., "cancelled", "custom" or "none". */
   function statusKind(status) {
     if (status === null || status === undefined || status === "") return "none";
-    return STATUSES.includes(status) ? status.toLowerCase() : "custom";
+    return KNOWN.has(status) ? status.toLowerCase() : "custom";
   }
 
   /** Whether a job with `status` still runs or waits (so it can be cancelled). */
@@ -95,6 +119,12 @@
     return el;
   }
 
+  function button(className, text) {
+    const el = element("button", className, text);
+    el.type = "button";
+    return el;
+  }
+
   function resolveDiv(div) {
     if (typeof div === "string") {
       const found = document.getElementById(div) || document.querySelector(div);
@@ -108,22 +138,56 @@
 
   // -- the panel ---------------------------------------------------------------
 
-  /** One live panel: the tree under `groupId`, drawn in `div`. */
+  /** The key a job is counted under: a known status, "" (none), or "Running" for a job's own text. */
+  function countKey(status) {
+    if (status === null || status === undefined || status === "") return "";
+    return KNOWN.has(status) ? status : "Running";
+  }
+
+  function byNewest(a, b) {
+    return a.key < b.key ? 1 : a.key > b.key ? -1 : 0;
+  }
+
+  function sortKey(info) {
+    return `${info.date_created || ""}\u0000${info.id}`;
+  }
+
+  /**
+   * One live panel: the tree under `groupId`, drawn in `div`.
+   *
+   * State lives in plain maps (every node, counts by status, per-group counts);
+   * the DOM holds rows only for what can be seen: the current page of the top
+   * list and of every open group.  Changes mark rows and lists dirty; one
+   * flush per animation frame redraws them.
+   */
   class Panel {
     constructor(groupId, div, options) {
       this.groupId = groupId;
       this.div = div;
       this.readOnly = Boolean(options.readOnly);
       this.detailsUrl = options.detailsUrl === undefined ? defaultDetailsUrl : options.detailsUrl;
-      this.nodes = new Map();     // id -> {info, el, list (groups only)}
-      this.pending = new Map();   // parent id -> Map(id -> info): nodes whose parent is unknown yet
+      this.pageSize = options.pageSize || PAGE_SIZE;
+      this.collapseAbove = options.collapseAbove === undefined ? COLLAPSE_ABOVE : options.collapseAbove;
+      this.xsrfToken = options.xsrfToken;
+      this.root = { id: groupId, isGroup: true, kids: new Set(), sorted: null, tally: new Map(), mc: 0, parent: null };
+      this.nodes = new Map();       // id -> {id, info, parent, isGroup, kids, sorted, key, tally, mc, m}
+      this.pending = new Map();     // parent id -> Map(id -> info): nodes whose parent is unknown yet
+      this.pendingOf = new Map();   // id -> the parent it waits for
       this.statusCounts = new Map(STATUSES.map((s) => [s, 0]));
-      this.ticking = new Set();   // ids of jobs whose elapsed time ticks
+      this.rows = new Map();        // id -> {el, parts, list, pager} of rows in the DOM
+      this.open = new Map();        // group id -> open (set by the user)
+      this.pages = new Map();       // container id -> page number
+      this.dirtyRows = new Set();
+      this.dirtyLists = new Set();
+      this.flushQueued = false;
+      this.ticking = new Set();
       this.tickTimer = null;
       this.cancelling = new Set();
-      this.skew = 0;              // browser clock minus server clock, in whole quarter hours
-      this.snapshot = null;       // {seen, timer} while a full tree is arriving
-      this.refreshQueued = false;
+      this.confirming = new Map();  // id -> {action, timer}
+      this.skew = 0;
+      this.snapshot = null;
+      this.filter = { status: "", text: "" };
+      this.listeners = [];          // functions called with (info, before) for every job change
       this.build();
     }
 
@@ -138,13 +202,38 @@
       this.countsEl = element("div", "moi-counts");
       this.countsEl.setAttribute("aria-label", "jobs by status");
       bar.append(this.countsEl, this.connection);
+      const filters = element("div", "moi-filters");
+      this.statusSelect = element("select", "moi-filter-status");
+      this.statusSelect.setAttribute("aria-label", "show jobs of status");
+      this.statusSelect.append(new Option("all statuses", ""));
+      for (const s of KNOWN) this.statusSelect.append(new Option(s, s));
+      this.nameInput = element("input", "moi-filter-name");
+      this.nameInput.type = "search";
+      this.nameInput.placeholder = "filter by name";
+      this.nameInput.setAttribute("aria-label", "show jobs whose name contains");
+      this.shownEl = element("span", "moi-shown");
+      filters.append(this.statusSelect, this.nameInput, this.shownEl);
       this.errors = element("div", "moi-errors");
       this.errors.setAttribute("aria-live", "polite");
       this.empty = element("p", "moi-empty", "No jobs yet.");
       this.list = element("ul", "moi-children moi-tree");
-      div.append(bar, this.errors, this.empty, this.list);
+      this.pager = this.makePager();
+      div.append(bar, filters, this.errors, this.empty, this.list, this.pager);
       div.addEventListener("click", (event) => this.onClick(event));
+      div.addEventListener("toggle", (event) => this.onToggle(event), true);
+      this.statusSelect.addEventListener("change", () => this.setFilter({ status: this.statusSelect.value }));
+      this.nameInput.addEventListener("input", () => this.setFilter({ text: this.nameInput.value }));
       this.renderCounts();
+    }
+
+    makePager() {
+      const pager = element("div", "moi-pager");
+      const prev = element("button", "moi-prev", "‹ newer");
+      const next = element("button", "moi-next", "older ›");
+      prev.type = next.type = "button";
+      pager.append(prev, element("span", "moi-page"), next);
+      pager.hidden = true;
+      return pager;
     }
 
     // -- frames from the server ------------------------------------------------
@@ -203,15 +292,24 @@
     // frames, in one burst; once they stop, nodes it did not mention are gone.
     startSnapshot() {
       this.endSnapshot(false);
-      this.snapshot = { seen: new Set(), gets: 0, timer: null };
+      this.snapshot = { seen: new Set(), gets: 0, timer: null, last: 0 };
     }
 
     restartSnapshotTimer() {
-      clearTimeout(this.snapshot.timer);
-      this.snapshot.timer = setTimeout(() => this.endSnapshot(true), SNAPSHOT_QUIET_MS);
+      // one timer per quiet period, not one per frame
+      this.snapshot.last = Date.now();
+      if (this.snapshot.timer !== null) return;
+      const check = () => {
+        const snap = this.snapshot;
+        if (snap === null) return;
+        const left = snap.last + SNAPSHOT_QUIET_MS - Date.now();
+        if (left > 0) snap.timer = setTimeout(check, left);
+        else this.endSnapshot(true);
+      };
+      this.snapshot.timer = setTimeout(check, SNAPSHOT_QUIET_MS);
     }
 
-    /** Stop collecting; with `sweep` (the tree arrived), drop nodes the fresh tree did not mention (removed while away). */
+    /** Stop collecting; with `sweep` (the tree arrived), drop nodes the fresh tree did not mention. */
     endSnapshot(sweep) {
       const snap = this.snapshot;
       if (snap === null) return;
@@ -223,92 +321,325 @@
       }
       for (const [parent, children] of [...this.pending]) {
         for (const id of [...children.keys()]) {
-          if (!snap.seen.has(id)) children.delete(id);
+          if (!snap.seen.has(id)) this.dropPending(id);
         }
-        if (children.size === 0) this.pending.delete(parent);
       }
     }
 
-    // -- the tree ---------------------------------------------------------------
-    containerOf(parentId) {
-      if (parentId === this.groupId) return this.list;
-      const parent = this.nodes.get(parentId);
-      return parent && parent.list ? parent.list : null;
+    // -- the tree (plain maps) ----------------------------------------------------
+    group(id) {
+      if (id === this.groupId) return this.root;
+      const node = this.nodes.get(id);
+      return node && node.isGroup ? node : null;
     }
 
     upsert(info) {
       if (info.id === this.groupId) return;
-      const container = this.containerOf(info.parent);
+      const parent = this.group(info.parent);
       let node = this.nodes.get(info.id);
-      if (container === null) {
+      if (parent === null) {
         if (node) this.removeNode(info.id);
         this.dropPending(info.id);
         if (!this.pending.has(info.parent)) this.pending.set(info.parent, new Map());
         this.pending.get(info.parent).set(info.id, info);
+        this.pendingOf.set(info.id, info.parent);
         return;
       }
       this.dropPending(info.id);
       const isGroup = info.type === "group";
-      if (node && Boolean(node.list) !== isGroup) {
+      if (node && node.isGroup !== isGroup) {
         this.removeNode(info.id);
         node = undefined;
       }
-      if (!node) {
-        node = isGroup ? this.makeGroup(info) : this.makeJob(info);
-        this.nodes.set(info.id, node);
-        this.insertSorted(container, node.el, info);
-      } else if (node.el.parentNode !== container) {
-        this.insertSorted(container, node.el, info);
+      if (node && node.parent !== parent) {
+        this.removeNode(info.id);
+        node = undefined;
       }
-      const before = node.info;
-      node.info = info;
-      this.countChange(before, info, node);
-      if (isGroup) this.renderGroup(node); else this.renderJob(node);
+      const before = node ? node.info : null;
+      if (!node) {
+        node = { id: info.id, info, parent, isGroup, key: sortKey(info), m: false, mc: 0 };
+        if (isGroup) Object.assign(node, { kids: new Set(), sorted: null, tally: new Map() });
+        this.nodes.set(info.id, node);
+        parent.kids.add(info.id);
+        parent.sorted = null;
+        this.markList(parent.id);
+      } else {
+        node.info = info;
+        const key = sortKey(info);
+        if (key !== node.key) {
+          node.key = key;
+          parent.sorted = null;
+          this.markList(parent.id);
+        }
+      }
+      if (!isGroup) {
+        this.countChange(node, before, info);
+        this.rematch(node);
+        for (const listen of this.listeners) listen(info, before);
+      }
+      this.markRow(info.id);
       if (isGroup) this.adoptPending(info.id);
-      this.scheduleRefresh();
     }
 
     adoptPending(parentId) {
       const waiting = this.pending.get(parentId);
       if (!waiting) return;
       this.pending.delete(parentId);
-      for (const child of waiting.values()) this.upsert(child);
+      for (const child of waiting.values()) {
+        this.pendingOf.delete(child.id);
+        this.upsert(child);
+      }
     }
 
     dropPending(id) {
-      for (const [parent, children] of this.pending) {
-        if (children.delete(id) && children.size === 0) this.pending.delete(parent);
-      }
+      const parent = this.pendingOf.get(id);
+      if (parent === undefined) return;
+      this.pendingOf.delete(id);
+      const children = this.pending.get(parent);
+      if (children && children.delete(id) && children.size === 0) this.pending.delete(parent);
     }
 
     removeNode(id) {
       const node = this.nodes.get(id);
       if (!node) return;
-      const ids = [id, ...[...node.el.querySelectorAll("[data-id]")].map((el) => el.dataset.id)];
-      for (const gone of ids) {
-        const other = this.nodes.get(gone);
-        if (!other) continue;
-        this.countChange(other.info, null, other);
-        this.nodes.delete(gone);
-        this.ticking.delete(gone);
-        this.cancelling.delete(gone);
-        this.pending.delete(gone);
+      if (node.isGroup) {
+        for (const kid of [...node.kids]) this.removeNode(kid);
+        const waiting = this.pending.get(id);
+        if (waiting) for (const child of [...waiting.keys()]) this.dropPending(child);
+        this.open.delete(id);
+        this.pages.delete(id);
+      } else {
+        this.countChange(node, node.info, null);
+        if (this.filtering() && node.m) this.addMatch(node.parent, -1);
+        for (const listen of this.listeners) listen(null, node.info);
       }
-      node.el.remove();
-      this.scheduleRefresh();
+      this.nodes.delete(id);
+      node.parent.kids.delete(id);
+      node.parent.sorted = null;
+      this.markList(node.parent.id);
+      this.markRow(node.parent.id);
+      this.cancelling.delete(id);
+      this.unconfirm(id);
     }
 
-    /** Newest first (by date_created), then by id, so the order never jumps. */
-    insertSorted(container, el, info) {
-      const key = `${info.date_created || ""}\u0000${info.id}`;
-      el.dataset.sortKey = key;
-      for (const sibling of container.children) {
-        if (sibling !== el && sibling.dataset.sortKey < key) {
-          container.insertBefore(el, sibling);
-          return;
+    // -- counts ---------------------------------------------------------------------
+    countChange(node, before, after) {
+      const old = before ? countKey(before.status) : undefined;
+      const now = after ? countKey(after.status) : undefined;
+      if (old === now) return;
+      const tally = node.parent.tally;
+      if (old !== undefined) {
+        this.statusCounts.set(old, this.statusCounts.get(old) - 1);
+        tally.set(old, tally.get(old) - 1);
+      }
+      if (now !== undefined) {
+        this.statusCounts.set(now, (this.statusCounts.get(now) || 0) + 1);
+        tally.set(now, (tally.get(now) || 0) + 1);
+      }
+      this.countsDirty = true;
+      this.markRow(node.parent.id);
+    }
+
+    counts() {
+      const out = {};
+      for (const [status, n] of this.statusCounts) {
+        if (n > 0 || STATUSES.includes(status)) out[status] = n;
+      }
+      return out;
+    }
+
+    // -- filters ------------------------------------------------------------------------
+    filtering() {
+      return this.filter.status !== "" || this.filter.text !== "";
+    }
+
+    matches(info) {
+      const f = this.filter;
+      if (f.status !== "" && countKey(info.status) !== f.status) return false;
+      if (f.text !== "") {
+        const name = info.name === null || info.name === undefined ? "" : String(info.name);
+        if (!name.toLowerCase().includes(f.text)) return false;
+      }
+      return true;
+    }
+
+    /** Whether a job matches changed: tell its groups (they show while they hold a match). */
+    rematch(node) {
+      if (!this.filtering()) return;
+      const now = this.matches(node.info);
+      if (now === node.m) return;
+      node.m = now;
+      this.addMatch(node.parent, now ? 1 : -1);
+      this.markList(node.parent.id);
+    }
+
+    addMatch(group, delta) {
+      for (let g = group; g; g = g.parent) {
+        g.mc += delta;
+        if (g.parent) this.markList(g.parent.id);
+      }
+      this.matchDirty = true;
+    }
+
+    /**
+     * Show only jobs of `status` ("" for all) whose name contains `text`
+     * (any case), and the groups holding them.  Counts stay those of all jobs.
+     */
+    setFilter(change) {
+      const next = { ...this.filter, ...change };
+      next.status = String(next.status || "");
+      next.text = String(next.text || "").toLowerCase();
+      if (next.status === this.filter.status && next.text === this.filter.text) return;
+      this.filter = next;
+      if (this.statusSelect.value !== next.status) this.statusSelect.value = next.status;
+      if (this.nameInput.value.toLowerCase() !== next.text) this.nameInput.value = next.text;
+      this.root.mc = 0;
+      for (const node of this.nodes.values()) node.mc = 0;
+      if (this.filtering()) {
+        for (const node of this.nodes.values()) {
+          if (node.isGroup) continue;
+          node.m = this.matches(node.info);
+          if (node.m) for (let g = node.parent; g; g = g.parent) g.mc += 1;
         }
       }
-      container.append(el);
+      this.pages.clear();
+      this.markList(this.groupId);
+      for (const id of this.rows.keys()) if (this.nodes.get(id)?.isGroup) this.markList(id);
+      this.matchDirty = true;
+      this.schedule();
+    }
+
+    // -- what can be seen -----------------------------------------------------------
+    /** Ids a container shows, newest first, filtered. */
+    shownKids(group) {
+      if (group.sorted === null) {
+        const kids = [];
+        for (const id of group.kids) kids.push(this.nodes.get(id));
+        group.sorted = kids.sort(byNewest);
+      }
+      if (!this.filtering()) return group.sorted;
+      return group.sorted.filter((n) => (n.isGroup ? n.mc > 0 : n.m));
+    }
+
+    isOpen(node) {
+      const chosen = this.open.get(node.id);
+      if (chosen !== undefined) return chosen;
+      return node.kids.size <= this.collapseAbove || (this.filtering() && node.mc <= this.collapseAbove);
+    }
+
+    markRow(id) {
+      this.dirtyRows.add(id);
+      this.schedule();
+    }
+
+    markList(id) {
+      this.dirtyLists.add(id);
+      this.schedule();
+    }
+
+    schedule() {
+      if (this.flushQueued) return;
+      this.flushQueued = true;
+      const run = () => this.flush();
+      this.frame = requestAnimationFrame(run);
+      this.fallback = setTimeout(run, FLUSH_FALLBACK_MS);  // hidden tabs get no frames
+    }
+
+    /** Redraw what changed: dirty lists (pages), dirty rows, the counts. */
+    flush() {
+      if (!this.flushQueued) return;
+      this.flushQueued = false;
+      cancelAnimationFrame(this.frame);
+      clearTimeout(this.fallback);
+      const lists = this.dirtyLists;
+      const rows = this.dirtyRows;
+      this.dirtyLists = new Set();
+      this.dirtyRows = new Set();
+      if (lists.has(this.groupId)) this.renderList(this.root, this.list, this.pager);
+      for (const id of lists) {
+        if (id === this.groupId) continue;
+        const row = this.rows.get(id);
+        const node = this.nodes.get(id);
+        if (row && node && row.details.open) this.renderList(node, row.list, row.pager);
+      }
+      for (const id of rows) {
+        const row = this.rows.get(id);
+        const node = this.nodes.get(id);
+        if (row && node && !row.fresh) this.renderRow(node, row);
+      }
+      for (const row of this.rows.values()) row.fresh = false;
+      if (this.countsDirty) {
+        this.countsDirty = false;
+        this.renderCounts();
+      }
+      if (this.matchDirty || lists.size) {
+        this.matchDirty = false;
+        const total = this.nodes.size === 0 ? 0 : this.totalJobs();
+        this.shownEl.textContent = this.filtering() ? `${this.root.mc} of ${total} jobs match` : "";
+        this.shownEl.dataset.matching = String(this.filtering() ? this.root.mc : total);
+      }
+      this.empty.hidden = this.root.kids.size > 0;
+      this.empty.textContent = "No jobs yet.";
+      if (this.root.kids.size > 0 && this.filtering() && this.root.mc === 0) {
+        this.empty.hidden = false;
+        this.empty.textContent = "No job matches the filter.";
+      }
+      if (this.onFlush) this.onFlush();
+    }
+
+    totalJobs() {
+      let n = 0;
+      for (const v of this.statusCounts.values()) n += v;
+      return n;
+    }
+
+    /** Draw page `pages[node.id]` of a container's shown kids into `ul`, reusing rows. */
+    renderList(node, ul, pager) {
+      const shown = this.shownKids(node);
+      const size = this.pageSize;
+      const last = Math.max(0, Math.ceil(shown.length / size) - 1);
+      const page = Math.min(this.pages.get(node.id) || 0, last);
+      if (page) this.pages.set(node.id, page); else this.pages.delete(node.id);
+      const slice = shown.slice(page * size, page * size + size);
+      const wanted = new Set(slice.map((n) => n.id));
+      for (const el of [...ul.children]) {
+        if (!wanted.has(el.dataset.id)) this.dropRow(el.dataset.id, el);
+      }
+      let at = ul.firstElementChild;
+      for (const kid of slice) {
+        let row = this.rows.get(kid.id);
+        if (!row) row = this.makeRow(kid);
+        if (row.el !== at) ul.insertBefore(row.el, at);
+        else at = at.nextElementSibling;
+      }
+      pager.hidden = shown.length <= size;
+      pager.dataset.page = String(page);
+      pager.querySelector(".moi-page").textContent = shown.length
+        ? `${page * size + 1}–${page * size + slice.length} of ${shown.length}` : "";
+      pager.querySelector(".moi-prev").disabled = page === 0;
+      pager.querySelector(".moi-next").disabled = page >= last;
+    }
+
+    dropRow(id, el) {
+      const row = this.rows.get(id);
+      if (row && row.list) {
+        for (const kid of [...row.list.children]) this.dropRow(kid.dataset.id, kid);
+      }
+      this.rows.delete(id);
+      this.ticking.delete(id);
+      (row ? row.el : el).remove();
+    }
+
+    makeRow(node) {
+      const row = node.isGroup ? this.makeGroup(node.info) : this.makeJob(node.info);
+      row.fresh = true;
+      this.rows.set(node.id, row);
+      this.renderRow(node, row);
+      return row;
+    }
+
+    renderRow(node, row) {
+      if (node.isGroup) this.renderGroup(node, row); else this.renderJob(node, row);
     }
 
     // -- drawing ------------------------------------------------------------------
@@ -318,19 +649,29 @@
       el.dataset.type = "job";
       const parts = {
         status: element("span", "moi-status"),
+        text: element("span", "moi-status-text"),
         name: element("span", "moi-name"),
         elapsed: element("span", "moi-elapsed"),
         result: element("a", "moi-result", "result"),
       };
-      el.append(parts.status, parts.name, parts.elapsed, parts.result);
+      const label = element("span", "moi-label");
+      parts.call = element("span", "moi-call");
+      label.append(parts.name, parts.call);
+      el.append(parts.status, parts.text, label, parts.elapsed, parts.result);
+      const actions = element("span", "moi-actions");
+      parts.log = button("moi-log", "Log");
+      actions.append(parts.log);
       if (!this.readOnly) {
-        parts.cancel = element("button", "moi-cancel", "Cancel");
-        parts.remove = element("button", "moi-remove", "Remove");
-        parts.cancel.type = parts.remove.type = "button";
-        el.append(element("span", "moi-actions"));
-        el.lastChild.append(parts.cancel, parts.remove);
+        parts.cancel = button("moi-cancel", "Cancel");
+        parts.remove = button("moi-remove", "Remove");
+        parts.retry = button("moi-retry", "Retry");
+        parts.run = button("moi-run", "Run");
+        parts.confirm = button("moi-confirm", "");
+        parts.keep = button("moi-keep", "No");
+        actions.append(parts.run, parts.retry, parts.cancel, parts.remove, parts.confirm, parts.keep);
       }
-      return { info: null, el, parts };
+      el.append(actions);
+      return { el, parts };
     }
 
     makeGroup(info) {
@@ -338,7 +679,6 @@
       el.dataset.id = info.id;
       el.dataset.type = "group";
       const details = element("details", "moi-group-details");
-      details.open = true;
       const summary = element("summary", "moi-group-summary");
       const parts = {
         name: element("span", "moi-name"),
@@ -346,22 +686,23 @@
       };
       summary.append(parts.name, parts.progress);
       if (!this.readOnly) {
-        parts.remove = element("button", "moi-remove", "Remove");
-        parts.remove.type = "button";
+        parts.remove = button("moi-remove", "Remove");
+        parts.confirm = button("moi-confirm", "");
+        parts.keep = button("moi-keep", "No");
         summary.append(element("span", "moi-actions"));
-        summary.lastChild.append(parts.remove);
+        summary.lastChild.append(parts.remove, parts.confirm, parts.keep);
       }
       const list = element("ul", "moi-children");
-      details.append(summary, list);
+      const pager = this.makePager();
+      details.append(summary, list, pager);
       el.append(details);
-      return { info: null, el, parts, list };
+      return { el, parts, list, pager, details };
     }
 
-    renderName(node) {
-      const info = node.info;
+    renderName(info, parts, el) {
       const name = info.name === null || info.name === undefined ? "(unnamed)" : String(info.name);
       const href = this.detailsUrl ? safeUrl(this.detailsUrl(info)) : null;
-      const target = node.parts.name;
+      const target = parts.name;
       const link = target.firstElementChild;
       if (href) {
         const a = link || element("a");
@@ -371,19 +712,36 @@
       } else {
         target.textContent = name;
       }
-      node.el.title = name;
+      el.title = name;
     }
 
-    renderJob(node) {
-      const { info, el, parts } = node;
+    renderConfirm(id, parts) {
+      if (!parts.confirm) return false;
+      const asked = this.confirming.get(id);
+      parts.confirm.hidden = parts.keep.hidden = !asked;
+      if (asked) parts.confirm.textContent = asked.action === "cancel" ? "Yes, cancel" : "Yes, remove";
+      parts.confirm.dataset.action = asked ? asked.action : "";
+      return Boolean(asked);
+    }
+
+    renderJob(node, row) {
+      const info = node.info;
+      const { el, parts } = row;
       const status = info.status === null || info.status === undefined ? "" : String(info.status);
-      const kind = statusKind(status);
+      const key = countKey(status);
+      const own = key === "Running" && status !== "Running";  // text set by the running job
       el.dataset.status = status;
-      parts.status.textContent = status || "unknown";
+      parts.status.textContent = key || "unknown";
       parts.status.dataset.status = status;
-      parts.status.className = `moi-status moi-status-${kind}`;
+      parts.status.className = `moi-status moi-status-${statusKind(key)}`;
       parts.status.title = status;
-      this.renderName(node);
+      parts.text.textContent = own ? status : "";
+      parts.text.hidden = !own;
+      this.renderName(info, parts, el);
+      const call = typeof info.call === "string" ? info.call : "";
+      parts.call.textContent = call;
+      parts.call.hidden = call === "";
+      parts.call.title = call;
       const done = TERMINAL.has(status);
       if (done) {
         const url = safeUrl(info.url) || (this.detailsUrl ? safeUrl(this.detailsUrl(info)) : null);
@@ -394,33 +752,81 @@
         parts.result.hidden = true;
         parts.result.removeAttribute("href");
       }
+      parts.log.hidden = !(root.moi_log && typeof root.moi_log.open === "function");
       if (parts.cancel) {
-        parts.cancel.hidden = !isActive(status);
+        const asking = this.renderConfirm(info.id, parts);
         if (!isActive(status)) this.cancelling.delete(info.id);
+        parts.cancel.hidden = asking || !isActive(status) || status === "Pending";
         parts.cancel.disabled = this.cancelling.has(info.id);
         parts.cancel.textContent = this.cancelling.has(info.id) ? "Cancelling…" : "Cancel";
+        parts.remove.hidden = asking;
+        parts.retry.hidden = asking || !done;
+        parts.run.hidden = asking || status !== "Pending";
       }
       const start = parseDate(info.date_start);
       const end = parseDate(info.date_end);
       parts.elapsed.title = start ? `started ${info.date_start}${end ? `, ended ${info.date_end}` : ""}` : "";
       if (start && !end) {
         this.ticking.add(info.id);
-        this.renderElapsed(node);
+        this.renderElapsed(node, row);
         this.startTicking();
       } else {
         this.ticking.delete(info.id);
         parts.elapsed.textContent = start && end ? formatElapsed(end - start, true) : "";
       }
+      if (info.probe !== undefined) el.dataset.probe = String(info.probe);
     }
 
-    renderElapsed(node) {
+    renderElapsed(node, row) {
       const start = parseDate(node.info.date_start);
-      if (start) node.parts.elapsed.textContent = formatElapsed(Date.now() - this.skew - start);
+      if (start) row.parts.elapsed.textContent = formatElapsed(Date.now() - this.skew - start);
     }
 
-    renderGroup(node) {
-      this.renderName(node);
-      node.el.dataset.status = "";
+    /** A group's row: its name, "n jobs: x succeeded, y failed, ..." and, when open, its page of kids. */
+    renderGroup(node, row) {
+      this.renderName(node.info, row.parts, row.el);
+      row.el.dataset.status = "";
+      const tally = node.tally;
+      const get = (s) => tally.get(s) || 0;
+      let total = 0;
+      for (const n of tally.values()) total += n;
+      const parts = [`${get("Success")} succeeded`, `${get("Failed")} failed`];
+      for (const [s, word] of [["Running", "running"], ["Queued", "queued"], ["Cancelled", "cancelled"], ["Pending", "pending"]]) {
+        if (get(s)) parts.push(`${get(s)} ${word}`);
+      }
+      const groups = node.kids.size - total;
+      const text = total ? `${total} job${total === 1 ? "" : "s"}: ${parts.join(", ")}` : "no jobs";
+      row.parts.progress.textContent = groups ? `${text}; ${groups} group${groups === 1 ? "" : "s"}` : text;
+      Object.assign(row.parts.progress.dataset, {
+        total: String(total), succeeded: String(get("Success")), failed: String(get("Failed")),
+      });
+      if (row.parts.remove) {
+        const asking = this.renderConfirm(node.id, row.parts);
+        row.parts.remove.hidden = asking;
+      }
+      const open = this.isOpen(node);
+      if (row.details.open !== open) {
+        row.settingOpen = true;
+        row.details.open = open;
+      }
+      if (open) this.renderList(node, row.list, row.pager);
+      else if (row.list.firstChild) {
+        for (const kid of [...row.list.children]) this.dropRow(kid.dataset.id, kid);
+      }
+    }
+
+    onToggle(event) {
+      const details = event.target;
+      if (!(details instanceof Element) || !details.classList.contains("moi-group-details")) return;
+      const el = details.parentElement;
+      const row = el && this.rows.get(el.dataset.id);
+      if (!row) return;
+      if (row.settingOpen) {
+        row.settingOpen = false;
+        if (details.open === this.isOpen(this.nodes.get(el.dataset.id))) return;
+      }
+      this.open.set(el.dataset.id, details.open);
+      this.markRow(el.dataset.id);
     }
 
     startTicking() {
@@ -428,7 +834,8 @@
       this.tickTimer = setInterval(() => {
         for (const id of this.ticking) {
           const node = this.nodes.get(id);
-          if (node) this.renderElapsed(node);
+          const row = this.rows.get(id);
+          if (node && row) this.renderElapsed(node, row);
         }
         if (this.ticking.size === 0) {
           clearInterval(this.tickTimer);
@@ -450,40 +857,6 @@
       if (date) this.skew = Math.round((Date.now() - date) / QUARTER_HOUR) * QUARTER_HOUR;
     }
 
-    // -- counts ---------------------------------------------------------------------
-    count(status, node, delta = 1) {
-      if (!node || node.list || status === undefined) return;
-      this.statusCounts.set(status, (this.statusCounts.get(status) || 0) + delta);
-    }
-
-    countChange(before, after, node) {
-      if (node.list) return;
-      const old = before ? String(before.status ?? "") : undefined;
-      const now = after ? String(after.status ?? "") : undefined;
-      if (old === now) return;
-      this.count(old, node, -1);
-      this.count(now, node, 1);
-    }
-
-    scheduleRefresh() {
-      if (this.refreshQueued) return;
-      this.refreshQueued = true;
-      queueMicrotask(() => {
-        this.refreshQueued = false;
-        this.renderCounts();
-        this.renderProgress();
-        this.empty.hidden = this.list.children.length > 0;
-      });
-    }
-
-    counts() {
-      const out = {};
-      for (const [status, n] of this.statusCounts) {
-        if (n > 0 || STATUSES.includes(status)) out[status] = n;
-      }
-      return out;
-    }
-
     renderCounts() {
       const spans = [];
       for (const [status, n] of Object.entries(this.counts())) {
@@ -497,41 +870,100 @@
       this.countsEl.replaceChildren(...spans);
     }
 
-    /** "3/5 done" in each group's summary (its direct jobs). */
-    renderProgress() {
-      for (const node of this.nodes.values()) {
-        if (!node.list) continue;
-        let total = 0;
-        let done = 0;
-        for (const child of node.list.children) {
-          if (child.dataset.type !== "job") continue;
-          total += 1;
-          if (TERMINAL.has(child.dataset.status)) done += 1;
-        }
-        node.parts.progress.textContent = total ? `${done}/${total} done` : "empty";
-      }
-    }
-
     // -- actions ----------------------------------------------------------------------
     onClick(event) {
-      const button = event.target.closest("button");
-      if (!button || !this.div.contains(button)) return;
-      if (button.classList.contains("moi-dismiss")) {
-        button.closest(".moi-error-line").remove();
+      const target = event.target.closest("button");
+      if (!target || !this.div.contains(target)) return;
+      if (target.classList.contains("moi-dismiss")) {
+        target.closest(".moi-error-line").remove();
         return;
       }
-      const nodeEl = button.closest("[data-id]");
+      const pager = target.closest(".moi-pager");
+      if (pager) {
+        const holder = pager.closest("[data-id]");
+        const id = holder ? holder.dataset.id : this.groupId;
+        const step = target.classList.contains("moi-next") ? 1 : target.classList.contains("moi-prev") ? -1 : 0;
+        this.pages.set(id, Math.max(0, (this.pages.get(id) || 0) + step));
+        this.markList(id);
+        return;
+      }
+      const nodeEl = target.closest("[data-id]");
       if (!nodeEl) return;
       event.preventDefault();  // a button in a <summary> must not fold the group
       const id = nodeEl.dataset.id;
-      if (button.classList.contains("moi-cancel")) {
-        this.cancelling.add(id);
-        button.disabled = true;
-        button.textContent = "Cancelling…";
-        root.moi.send("cancel", [id]);
-      } else if (button.classList.contains("moi-remove")) {
-        button.disabled = true;
-        root.moi.send("remove", [id]);
+      const kind = ["moi-cancel", "moi-remove", "moi-confirm", "moi-keep", "moi-retry", "moi-run", "moi-log"]
+        .find((c) => target.classList.contains(c));
+      if (kind === "moi-cancel" || kind === "moi-remove") {
+        this.ask(id, kind === "moi-cancel" ? "cancel" : "remove");
+      } else if (kind === "moi-keep") {
+        this.unconfirm(id);
+      } else if (kind === "moi-confirm") {
+        const asked = this.confirming.get(id);
+        this.unconfirm(id);
+        if (!asked) return;
+        if (asked.action === "cancel") {
+          this.cancelling.add(id);
+          root.moi.send("cancel", [id]);
+        } else {
+          const row = this.rows.get(id);
+          if (row && row.parts.remove) row.parts.remove.disabled = true;
+          root.moi.send("remove", [id]);
+        }
+      } else if (kind === "moi-retry" || kind === "moi-run") {
+        this.post(id, kind === "moi-retry" ? "retry" : "run", target);
+      } else if (kind === "moi-log" && root.moi_log && typeof root.moi_log.open === "function") {
+        let slot = nodeEl.querySelector(":scope > .moi-log-slot");
+        if (!slot) {
+          slot = element("div", "moi-log-slot");
+          nodeEl.append(slot);
+        }
+        root.moi_log.open(id, slot);
+      }
+    }
+
+    /** Ask before cancelling or removing: the row shows "Yes, ..." / "No" for a while. */
+    ask(id, action) {
+      this.unconfirm(id);
+      const timer = setTimeout(() => this.unconfirm(id), CONFIRM_MS);
+      this.confirming.set(id, { action, timer });
+      this.markRow(id);
+      this.flush();
+      const row = this.rows.get(id);
+      if (row && row.parts.confirm) row.parts.confirm.focus();
+    }
+
+    unconfirm(id) {
+      const asked = this.confirming.get(id);
+      if (!asked) return;
+      clearTimeout(asked.timer);
+      this.confirming.delete(id);
+      this.markRow(id);
+    }
+
+    /** POST /api/v1/jobs/{id}/{verb} with the dashboard's XSRF token; errors show in the panel. */
+    async post(id, verb, target) {
+      const token = this.xsrfToken !== undefined ? this.xsrfToken
+        : (document.querySelector("input[name=_xsrf]") || {}).value || "";
+      target.disabled = true;
+      try {
+        const reply = await fetch(`/api/v1/jobs/${encodeURIComponent(id)}/${verb}`, {
+          method: "POST",
+          credentials: "same-origin",
+          headers: { "X-XSRFToken": token, "Content-Type": "application/json" },
+          body: "{}",
+        });
+        if (!reply.ok) {
+          let message = `${verb} failed: ${reply.status} ${reply.statusText}`;
+          try {
+            const body = await reply.json();
+            if (body && body.error) message = `${verb} failed: ${body.error.message || body.error}`;
+          } catch (err) { /* not JSON */ }
+          this.showError({ message, action: verb, ids: [id] });
+        }
+      } catch (err) {
+        this.showError({ message: `${verb} failed: ${err.message}`, action: verb, ids: [id] });
+      } finally {
+        target.disabled = false;
       }
     }
 
@@ -552,12 +984,12 @@
     /** Enable the buttons of `id` again (the server refused what they asked). */
     release(id) {
       this.cancelling.delete(id);
-      const node = this.nodes.get(id);
-      if (!node) return;
-      for (const button of node.el.querySelectorAll(":scope > .moi-actions button, :scope > details > summary .moi-actions button")) {
-        button.disabled = false;
+      const row = this.rows.get(id);
+      if (!row) return;
+      for (const b of row.el.querySelectorAll(":scope > .moi-actions button, :scope > details > summary .moi-actions button")) {
+        b.disabled = false;
       }
-      if (node.parts.cancel) node.parts.cancel.textContent = "Cancel";
+      if (row.parts.cancel) row.parts.cancel.textContent = "Cancel";
     }
   }
 
@@ -566,6 +998,7 @@
 
   const moi_list = {
     STATUSES,
+    KNOWN,
     /** Every panel made by init, oldest first. */
     panels,
 
@@ -576,7 +1009,9 @@
      * @param {Element|string} div  Element to draw in (or its id).
      * @param {object} [options]  {readOnly: hide Cancel/Remove, host: "host:port" of the
      *     server (the page's by default), detailsUrl: info => link of a node's name,
-     *     or null for plain names (default "/job/<id>" and "/group/<id>")}
+     *     or null for plain names (default "/job/<id>" and "/group/<id>"), pageSize:
+     *     nodes per page (50), collapseAbove: groups larger than this start folded (20),
+     *     xsrfToken: sent with Retry / Run (default: the page's input[name=_xsrf])}
      * @returns {Panel}
      */
     init(group_id, div, options = {}) {
@@ -590,7 +1025,7 @@
       if (options === null || typeof options !== "object") {
         throw new Error("moi_list.init: options must be an object like {readOnly: true}");
       }
-      const unknown = Object.keys(options).filter((k) => !["readOnly", "host", "detailsUrl"].includes(k));
+      const unknown = Object.keys(options).filter((k) => !["readOnly", "host", "detailsUrl", "pageSize", "collapseAbove", "xsrfToken"].includes(k));
       if (unknown.length) throw new Error(`moi_list.init: unknown option(s) ${unknown.join(", ")}`);
       if (options.detailsUrl !== undefined && options.detailsUrl !== null
           && typeof options.detailsUrl !== "function") {
@@ -616,6 +1051,7 @@
     },
 
     safeUrl,
+    countKey,
     parseDate,
     formatElapsed,
     statusKind,
