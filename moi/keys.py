@@ -166,3 +166,17 @@ def _id_problem(node_id: str) -> str | None:
 def _shown(value: str) -> str:
     """``value`` quoted for an error message: escaped, and cut when long."""
     return repr(value) if len(value) <= 60 else repr(value[:60]) + "..."
+
+
+# -- job service: API keys (moi.auth) and status callbacks (moi.manager) --------------
+#: HASH public key prefix -> JSON record of an API key (user, admin, read_only, created,
+#: note, sha256 of the key); the key itself is never stored.
+API_KEYS = "moi:apikeys"
+
+#: HASH public key prefix -> when the key was last used (``str(datetime.now())``).
+API_KEYS_USED = "moi:apikeys:used"
+
+
+def callback_secrets(job_id: str) -> str:
+    """Key of the SET of sha256 hex digests of a job's status-callback secrets."""
+    return f"moi:callback:{job_id}"

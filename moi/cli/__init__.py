@@ -495,7 +495,7 @@ def serve(
 
 # Command groups that grew past a few commands live in modules of their own,
 # registered on ``main`` when imported here (each module imports ``main``).
-# from moi.cli import keys as _keys  # noqa: E402,F401  (example)
+from moi.cli import keys as _keys  # noqa: E402,F401  (moi keys, moi templates)
 
 if __name__ == "__main__":
     main()
