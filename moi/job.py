@@ -17,6 +17,7 @@ import time
 import traceback
 import weakref
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import ipyparallel as ipp
@@ -39,6 +40,10 @@ __all__ = [
     "wait",
     "ctxs",
 ]
+
+
+#: The one thread a server submits on: the ipyparallel client is not thread-safe.
+submitter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moi-submit")
 
 
 def __getattr__(name: str) -> Any:

@@ -178,7 +178,8 @@ UPDATE = "redis.replicate_commands()\n" + _PRELUDE + _UPDATE_BODY.replace("__AFT
 #: each added to its parent's children (``add`` published) with its Queued
 #: bookkeeping (no msg_id yet: the engine adds it once the cluster has the task).
 #: KEYS and ARGV as for UPDATE, plus a last ARGV: a JSON list of ``{id, info,
-#: children, parent, channel, message, entry, since}`` (keys and raw values).
+#: children, parent, channel, message, entry, since, index}`` (keys and raw values;
+#: ``index`` is the parent's :func:`moi.keys.jobs_index`).
 CHAIN = (
     "redis.replicate_commands()\n"
     + _PRELUDE
@@ -194,6 +195,8 @@ for _, c in ipairs(created) do
   redis.call('PUBLISH', c.channel, c.message)
   redis.call('ZADD', QUEUED_KEY, c.since, c.id)
   redis.call('HSET', QUEUED_TASKS_KEY, c.id, c.entry)
+  redis.call('ZADD', c.index, c.since, c.id)
+  redis.call('EXPIRE', c.index, ttl)
 end
 """,
     )
@@ -316,11 +319,15 @@ end
 return out
 """
 
-#: Remove a child from a group and publish ``remove`` if it was there.
-#: KEYS: children set, channel.  ARGV: child id, message.
+#: Remove a child from a group (and its creation indexes) and publish ``remove`` if it was there.
+#: KEYS: children set, channel, jobs index, groups index.  ARGV: child id, message.
 DETACH = """
 local removed = redis.call('SREM', KEYS[1], ARGV[1])
 if removed == 1 then redis.call('PUBLISH', KEYS[2], ARGV[2]) end
+if KEYS[3] then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('ZREM', KEYS[4], ARGV[1])
+end
 return removed
 """
 
