@@ -390,7 +390,9 @@ class JobHandler(ApiHandler):
     """``/jobs/{id}``: one job (GET), detach it from its tree (DELETE)."""
 
     async def get(self, job_id: str) -> None:
-        self.send(await self.node(job_id))
+        info = await self.node(job_id)
+        wait = _number(self.get_query_argument("wait", None), "wait", 0, MAX_WAIT)
+        self.send(info if wait is None else await wait_for_end(job_id, wait))
 
     async def delete(self, job_id: str) -> None:
         info = await self.node(job_id)
@@ -857,7 +859,9 @@ _OPERATIONS: dict[str, dict[str, Any]] = {
         ),
     },
     "/jobs/{job_id}": {
-        "get": _op("A job's info object", 200, 404, *_AUTH),
+        "get": _op(
+            "A job's info object (with wait: once it ends)", 200, 404, *_AUTH, query=("wait",)
+        ),
         "delete": _op("Detach a job from its tree", 200, 403, 404, *_AUTH),
     },
     "/jobs/{job_id}/cancel": {"post": _op("Cancel a job", 200, 403, 404, 409, *_AUTH)},
