@@ -131,7 +131,6 @@ class ApiHandler(tornado.web.RequestHandler):
             write = self.request.method not in ("GET", "HEAD")
             self.principal = await webauth.authenticate(self, self.server, write=write)
             if self.principal is None:
-                self.set_header("WWW-Authenticate", 'Bearer realm="moi"')
                 raise ApiError(401, "no or unknown API key: send Authorization: Bearer KEY")
             if write and self.principal.read_only:
                 raise ApiError(403, "read-only: this key or server may not change anything")
@@ -144,6 +143,8 @@ class ApiHandler(tornado.web.RequestHandler):
             message = error.log_message % error.args if error.args else error.log_message
         else:
             message = self._reason
+        if status_code == 401:
+            self.set_header("WWW-Authenticate", 'Bearer realm="moi"')
         if isinstance(error, webauth.TooManyLogins):
             self.set_header("Retry-After", str(error.retry_after))
         self.finish({"error": {"message": message}})
@@ -343,7 +344,25 @@ async def wait_for_end(job_id: str, seconds: float) -> dict[str, Any]:
             await sub.get_message(ignore_subscribe_messages=True, timeout=min(left, 1.0))
 
 
-class JobsHandler(ApiHandler):
+class SubmittingHandler(ApiHandler):
+    """What submitting routes share: keeping a job's input, answering with its info."""
+
+    async def keep_input(self, job_id: str, spec: dict[str, Any]) -> None:
+        """Keep what a retry of ``job_id`` needs (as long as its info object lives)."""
+        store = astore()
+        await store.r.set(keys.job_input(job_id), stored_input(spec), ex=store.key_timeout)
+
+    async def answer_submitted(self, job_id: str, wait: float | None) -> None:
+        """201 with the new job's info; with ``wait``, 200 once it ended or 202 as it is then."""
+        if wait is None:
+            info = decode(await astore().r.get(keys.info(job_id)))
+            self.send(info, 201)
+            return
+        info = await wait_for_end(job_id, wait)
+        self.send(info, 200 if is_terminal(info.get("status")) else 202)
+
+
+class JobsHandler(SubmittingHandler):
     """``/jobs``: submit (POST) and list (GET) the user's jobs."""
 
     async def post(self) -> None:
@@ -358,18 +377,6 @@ class JobsHandler(ApiHandler):
         job_id = await self.call(run_submission, spec, user, parent, None, submit=True)
         await self.keep_input(job_id, spec)
         await self.answer_submitted(job_id, wait)
-
-    async def keep_input(self, job_id: str, spec: dict[str, Any]) -> None:
-        store = astore()
-        await store.r.set(keys.job_input(job_id), stored_input(spec), ex=store.key_timeout)
-
-    async def answer_submitted(self, job_id: str, wait: float | None) -> None:
-        if wait is None:
-            info = decode(await astore().r.get(keys.info(job_id)))
-            self.send(info, 201)
-            return
-        info = await wait_for_end(job_id, wait)
-        self.send(info, 200 if is_terminal(info.get("status")) else 202)
 
     async def get(self) -> None:
         limit = int(_number(self.get_query_argument("limit", "100"), "limit", 1, MAX_LIMIT) or 1)
@@ -415,10 +422,10 @@ class CancelHandler(ApiHandler):
         self.send({"outcome": outcome, "job": info})
 
 
-class RetryHandler(JobsHandler):
+class RetryHandler(SubmittingHandler):
     """``/jobs/{id}/retry``: a new job with the same type (or command) and input."""
 
-    async def post(self, job_id: str) -> None:  # type: ignore[override]
+    async def post(self, job_id: str) -> None:
         info = await self.node(job_id)
         store = astore()
         raw = await store.r.get(keys.job_input(job_id))
