@@ -19,13 +19,13 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from support import subscribed, wait_for_message, wait_for_status
 
 from moi import keys, manager, runtime, types, watchdog
 from moi.errors import MoiError, UnknownIdError
 from moi.group import get_id_from_user
 from moi.manager import CallbackError, CallbackSecretError, JobFinishedError, JobManager
 from moi.status import Status, is_terminal
-from support import subscribed, wait_for_message, wait_for_status
 
 PLUGIN_DIR = Path(__file__).parent / "plugin_pkg"
 
@@ -94,7 +94,7 @@ def test_the_default_templates_file_is_in_the_config_directory(tmp_path: Path) -
     ("text", "message"),
     [
         ("[x\njob_type = 1", "not valid TOML"),
-        ('[x]\nparams = {a = 1}\n', "job_type must be a type's name"),
+        ("[x]\nparams = {a = 1}\n", "job_type must be a type's name"),
         ('[x]\njob_type = "ping"\nparms = {a = 1}\n', "unknown field(s) parms"),
         ('[x]\njob_type = "ping"\nparams = 3\n', "params must be a table"),
     ],
