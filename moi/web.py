@@ -28,7 +28,7 @@ from urllib.parse import urlencode
 import tornado.web
 from tornado.ioloop import IOLoop, PeriodicCallback
 
-from moi import api, auth, connection, embedded, job, keys, runtime, watchdog
+from moi import api, auth, connection, embedded, job, keys, nodes, runtime, watchdog
 from moi.context import resolve
 from moi.errors import InvalidUserError, MoiError
 from moi.group import create_info, get_id_from_user
@@ -319,6 +319,30 @@ class NodeHandler(BaseHandler):
             self.render("group.html", user=self.target, info=info, children=children)
 
 
+class NodesHandler(BaseHandler):
+    """``/nodes``: each context's engines, what each runs now, its queue (refreshes itself).
+
+    A job another user runs shows as "another user's job", without id or name
+    (an admin sees them all).
+    """
+
+    #: Seconds between two refreshes of the page.
+    refresh = 3
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        contexts = await asyncio.to_thread(nodes.listing)
+        if not (self.principal and self.principal.admin):
+            _, mine = await self.user_tree()
+            for context in contexts:
+                for engine in context["engines"]:
+                    running = engine.get("running")
+                    if running and running.get("id") not in mine:
+                        engine["running"] = {"id": None, "name": "another user's job"}
+        query = "" if self.target == self.current_user else "?" + urlencode({"user": self.target})
+        self.render("nodes.html", contexts=contexts, refresh=self.refresh, query=query)
+
+
 class DashboardSocket(MOIMessageHandler):
     """The websocket: a live session of this dashboard only, from its own origin.
 
@@ -508,6 +532,7 @@ def make_app(
             (r"/submit", SubmitHandler, page),
             (r"/submit-group", SubmitGroupHandler, page),
             (r"/(job|group)/([A-Za-z0-9_.:-]{1,128})", NodeHandler, page),
+            (r"/nodes", NodesHandler, page),
             (r"/moi-ws/", DashboardSocket, page),
             *api.handlers(server),
         ],

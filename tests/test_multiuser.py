@@ -266,3 +266,33 @@ class TestLoginLimit(MultiUserCase):
         assert self.fetch(f"/?token={quote(self.key['bob'])}", follow_redirects=False).code == 429
         bearer = {"Authorization": f"Bearer {self.key['bob']}"}
         assert self.fetch("/api/v1/types", headers=bearer).code == 429
+
+
+class TestNodesPage(MultiUserCase):
+    def test_the_nodes_page_shows_engines_and_hides_other_users_jobs(self) -> None:
+        import tempfile
+        from pathlib import Path
+
+        from support import gated, wait_for_status
+
+        from moi.job import submit
+
+        release = Path(tempfile.mkdtemp()) / "release"
+        job_id, _, _ = submit(
+            None, get_id_from_user(self.alice), "alices-long-job", None, gated, str(release)
+        )
+        try:
+            wait_for_status(job_id, "Running")
+            mine = self.get("/nodes", self.log_in("alice")[0])
+            assert mine.code == 200
+            body = mine.body.decode()
+            assert "Context default" in body and "alices-long-job" in body
+            assert f"/job/{job_id}" in body and 'http-equiv="refresh"' in body
+            theirs = self.get("/nodes", self.log_in("bob")[0]).body.decode()
+            assert "another user&#x27;s job" in theirs
+            assert job_id not in theirs and "alices-long-job" not in theirs
+            everyone = self.get("/nodes", self.log_in("admin")[0]).body.decode()
+            assert "alices-long-job" in everyone
+        finally:
+            release.touch()
+        assert wait_for_status(job_id, lambda s: s in ("Success", "Failed"))["status"] == "Success"
