@@ -229,13 +229,12 @@ def nodes(ctx: click.Context) -> None:
         found = local.listing()
     for context in found:
         state = "reachable" if context["reachable"] else context.get("error", "unreachable")
-        click.echo(
-            printable(f"context {context['context']}\tcontroller {context['controller']}\t{state}")
-        )
+        fields = (f"context {context['context']}", f"controller {context['controller']}", state)
+        click.echo("\t".join(printable(f) for f in fields))
         if context["engines"]:
             click.echo("  engine\thost\tpid\tqueue\tdone\trunning")
         for engine in context["engines"]:
             job = engine["running"]
             running = f"{job['id']} {job['name']}" if job else "-"
             row = (engine["id"], engine["host"], engine["pid"], engine["queue"], engine["done"])
-            click.echo(printable("  " + "\t".join(map(str, row)) + f"\t{running}"))
+            click.echo("  " + "\t".join(printable(f) for f in (*row, running)))
