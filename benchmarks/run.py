@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import api
 import chaining
 import push
 import submit_overhead
@@ -26,6 +27,7 @@ SUITES = {
     "submit_overhead": submit_overhead,
     "push": push,
     "chaining": chaining,
+    "api": api,
 }
 
 
