@@ -55,6 +55,8 @@ SUBMIT_FIELDS = frozenset(
     | {"pending"}
 )
 _ID = r"([A-Za-z0-9_.-]{1,128})"
+#: What ``/nodes`` shows for a job of another user.
+OTHERS_JOB = "another user's job"
 
 _stores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncStore] = (
     weakref.WeakKeyDictionary()
@@ -533,7 +535,17 @@ class NodesHandler(ApiHandler):
     """``/nodes``: per context, the controller and each engine's host, pid, job and queue."""
 
     async def get(self) -> None:
-        self.send({"contexts": await self.call(nodes.listing)})
+        found = await self.call(nodes.listing)
+        assert self.principal is not None
+        if not self.principal.admin:  # another user's job is shown, never named
+            store = astore()
+            group = await store.user_group(self.principal.user)
+            for engine in (e for context in found for e in context["engines"]):
+                running = engine["running"]
+                info = decode(await store.r.get(keys.info(running["id"]))) if running else None
+                if running and (info is None or not await _in_tree(store, info, group)):
+                    engine["running"] = {"id": None, "name": OTHERS_JOB}
+        self.send({"contexts": found})
 
 
 class HealthHandler(ApiHandler):

@@ -469,6 +469,14 @@ def test_nodes_lists_engines_and_the_job_each_runs(call: Api) -> None:
             assert engine["host"] and isinstance(engine["pid"], int) and engine["queue"] >= 0
         running = [e["running"] for e in default["engines"] if e["running"]]
         assert {"id": info["id"], "name": "napping"} in running
+        seen_by_bob = call("bob", "GET", "/nodes")[1]["contexts"]
+        engines = [e for c in seen_by_bob for e in c["engines"]]
+        assert info["id"] not in json.dumps(seen_by_bob) and "napping" not in json.dumps(
+            seen_by_bob
+        )
+        assert {"id": None, "name": api.OTHERS_JOB} in [e["running"] for e in engines]
+        as_admin = json.dumps(call("admin", "GET", "/nodes")[1])
+        assert info["id"] in as_admin
         assert (
             not contexts["offline"]["reachable"] and "unreachable" in contexts["offline"]["error"]
         )
