@@ -13,6 +13,7 @@ Errors come back as moi's own: :class:`~moi.errors.UnknownIdError` (404),
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 import urllib.error
@@ -147,7 +148,7 @@ class Client:
         """Detach a job from its tree."""
         return self._call("DELETE", f"/jobs/{quote(job_id, safe='')}")
 
-    def group(self, group_id: str) -> list[dict[str, Any]]:
+    def group(self, group_id: str) -> builtins.list[dict[str, Any]]:
         """A group and every node under it."""
         return self._call("GET", f"/groups/{quote(group_id, safe='')}")["nodes"]
 
@@ -169,15 +170,15 @@ class Client:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {job_id} is still {info.get('status')} after {timeout} s")
 
-    def nodes(self) -> list[dict[str, Any]]:
+    def nodes(self) -> builtins.list[dict[str, Any]]:
         """Per context: the controller and its engines (host, pid, running job, queue, done)."""
         return self._call("GET", "/nodes")["contexts"]
 
-    def types(self) -> list[dict[str, Any]]:
+    def types(self) -> builtins.list[dict[str, Any]]:
         """The job types the server knows."""
         return self._call("GET", "/types")
 
-    def templates(self) -> list[dict[str, Any]]:
+    def templates(self) -> builtins.list[dict[str, Any]]:
         """The job templates the server knows."""
         return self._call("GET", "/templates")
 

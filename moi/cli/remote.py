@@ -50,7 +50,7 @@ def client_of(ctx: click.Context) -> Any:
             "no API key: set MOI_KEY or give --key-file (a file only you can read); "
             "`moi keys create` makes one"
         )
-    return Client(server, key)
+    return Client(str(server), key)
 
 
 def remote(name: str) -> Any:
