@@ -582,6 +582,8 @@ async def serve(
     """
     if multi_user is None:
         multi_user = token is None and await asyncio.to_thread(auth.any_keys)
+    if multi_user and user != "no-user":
+        log.warning("--user %r is not used: each person logs in with their own API key", user)
     app = make_app(
         user=user,
         token=token,
