@@ -246,6 +246,28 @@ class TestRevokedAndReadOnly(MultiUserCase):
         assert types(self.key["bob"]) == 401
 
 
+class TestSessionOnTheApi(MultiUserCase):
+    def test_a_sessions_api_writes_need_its_xsrf_token(self) -> None:
+        mine = _job(self.alice, "mine")
+        cookie, xsrf = self.log_in("alice")
+
+        def cancel(**headers: str) -> HTTPResponse:
+            return self.fetch(
+                f"/api/v1/jobs/{mine}/cancel",
+                method="POST",
+                body="",
+                headers={"Cookie": cookie, "Origin": self.origin, **headers},
+            )
+
+        assert cancel().code == 403
+        assert cancel(**{"X-Xsrftoken": "0" * 64}).code == 403
+        assert runtime.store().require(mine)["status"] == "Queued"
+        assert cancel(**{"X-Xsrftoken": xsrf}).code == 200
+        assert runtime.store().require(mine)["status"] == "Cancelled"
+        reads = self.fetch(f"/api/v1/jobs/{mine}", headers={"Cookie": cookie})
+        assert reads.code == 200 and json.loads(reads.body)["id"] == mine
+
+
 class TestLoginLimit(MultiUserCase):
     def test_failed_logins_are_limited_per_address(self) -> None:
         def form(key: str) -> HTTPResponse:
@@ -296,3 +318,80 @@ class TestNodesPage(MultiUserCase):
         finally:
             release.touch()
         assert wait_for_status(job_id, lambda s: s in ("Success", "Failed"))["status"] == "Success"
+
+
+# -- the real thing in a real browser: moi serve as a process, headless Chromium ------------
+@pytest.fixture
+def keys_of(moi_env: dict[str, str]) -> Any:
+    """Make keys (``keys_of(user, admin=...)``); revoked at the end of the test."""
+    made: list[str] = []
+
+    def make(user: str, **flags: Any) -> str:
+        key, info = auth.create(user, **flags)
+        made.append(info.prefix)
+        return key
+
+    yield make
+    for prefix in made:
+        try:
+            auth.revoke(prefix)
+        except MoiError:
+            pass
+
+
+def test_an_admin_picks_a_user_in_a_real_browser(keys_of: Any, tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    from playwright.sync_api import expect, sync_playwright
+    from support import wait_until_listening
+    from test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    from moi import redis_server
+
+    tag = uuid.uuid4().hex[:8]
+    alice, bob = f"alice-{tag}", f"bob-{tag}"
+    alices, bobs = _job(alice, "alices-job"), _job(bob, "bobs-job")
+    admin_key, alice_key = keys_of(f"boss-{tag}", admin=True), keys_of(alice)
+    port = redis_server.free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moi.cli", "serve", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd="/",
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_listening(port, proc, log.read_text)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                admin = browser.new_context().new_page()
+                admin.goto(f"{base}/login")
+                admin.fill("input[name=token]", admin_key)
+                admin.click("button[type=submit]")
+                expect(admin).to_have_url(f"{base}/")
+                admin.select_option("#moi-user-picker select", bob)
+                admin.click("#moi-user-picker button")
+                panel = admin.locator("#moi-panel")
+                expect(panel.locator(f'[data-id="{bobs}"]')).to_have_count(1, timeout=30_000)
+                expect(panel.locator(".moi-connection")).to_have_attribute("data-state", "open")
+                assert panel.locator(f'[data-id="{alices}"]').count() == 0
+                panel.locator(f'[data-id="{bobs}"] a', has_text="bobs-job").first.click()
+                expect(admin.locator("h1")).to_contain_text("bobs-job")
+
+                person = browser.new_context().new_page()
+                person.goto(f"{base}/login")
+                person.fill("input[name=token]", alice_key)
+                person.click("button[type=submit]")
+                mine = person.locator("#moi-panel")
+                expect(mine.locator(f'[data-id="{alices}"]')).to_have_count(1, timeout=30_000)
+                assert mine.locator(f'[data-id="{bobs}"]').count() == 0
+                assert person.locator("#moi-user-picker").count() == 0
+            finally:
+                browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
