@@ -494,7 +494,12 @@ def serve(
     behind_proxy: bool,
     read_only: bool,
 ) -> None:
-    """Serve the live dashboard of a user's jobs."""
+    """Serve the live dashboard of a user's jobs.
+
+    With a token (--token, --token-file, $MOI_TOKEN): user --user behind it, as
+    always.  Without one, once API keys exist (moi keys create), every key
+    holder logs in with their key and sees their own tree.
+    """
     import asyncio
     import logging
     from pathlib import Path
