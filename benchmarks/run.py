@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import api
 import chaining
 import logs
 import peers
@@ -30,6 +31,7 @@ SUITES = {
     "chaining": chaining,
     "logs": logs,
     "peers": peers,
+    "api": api,
 }
 
 

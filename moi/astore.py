@@ -64,7 +64,12 @@ class AsyncStore:
     async def detach(self, parent_id: str, node_id: str) -> bool:
         """Remove ``node_id`` from its parent and publish ``remove``."""
         removed = await self._detach(
-            keys=[keys.children(parent_id), keys.pubsub(parent_id)],
+            keys=[
+                keys.children(parent_id),
+                keys.pubsub(parent_id),
+                keys.jobs_index(parent_id),
+                keys.groups_index(parent_id),
+            ],
             args=[node_id, json.dumps({"remove": [node_id]})],
         )
         return bool(removed)

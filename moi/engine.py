@@ -475,6 +475,7 @@ def _start(store: Store, spec: JobSpec) -> None:
     state = spec.get("chain")
     if state is not None and state["started"] is None:  # the first job of a chain
         state["started"] = time.time()
+    # ``engine``: where it runs (``moi nodes`` shows each engine's current job from it)
     fields = {"status": Status.RUNNING.value, "date_start": now(), "engine": engine_name()}
     (started, before), retried = persist(
         lambda: store.update(

@@ -24,6 +24,7 @@ import traceback
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import ipyparallel as ipp
@@ -56,6 +57,10 @@ __all__ = [
     "ctxs",
     "CommandFailed",
 ]
+
+
+#: The one thread a server submits on: the ipyparallel client is not thread-safe.
+submitter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moi-submit")
 
 
 def __getattr__(name: str) -> Any:

@@ -192,3 +192,34 @@ def log_meta(job_id: str) -> str:
 def log_channel(job_id: str) -> str:
     """Channel on which a job's new output lines are published, in batches."""
     return f"{job_id}:log:pubsub"
+
+# -- the job service's JSON API (listing a user's jobs) -----------------------------------
+
+
+def jobs_index(parent_id: str) -> str:
+    """ZSET of the ids of the jobs created under ``parent_id``, scored by creation (epoch s)."""
+    return f"{PREFIX}jobs-by-parent:{parent_id}"
+
+
+def groups_index(parent_id: str) -> str:
+    """ZSET of the ids of the groups created under ``parent_id``, scored by creation (epoch s)."""
+    return f"{PREFIX}groups-by-parent:{parent_id}"
+
+
+def job_input(job_id: str) -> str:
+    """Key of the JSON input a job was submitted with through the API (what a retry reruns)."""
+    return f"{PREFIX}job-input:{job_id}"
+
+
+# -- job service: API keys (moi.auth) and status callbacks (moi.manager) --------------
+#: HASH public key prefix -> JSON record of an API key (user, admin, read_only, created,
+#: note, sha256 of the key); the key itself is never stored.
+API_KEYS = "moi:apikeys"
+
+#: HASH public key prefix -> when the key was last used (``str(datetime.now())``).
+API_KEYS_USED = "moi:apikeys:used"
+
+
+def callback_secrets(job_id: str) -> str:
+    """Key of the SET of sha256 hex digests of a job's status-callback secrets."""
+    return f"moi:callback:{job_id}"

@@ -14,7 +14,7 @@ _TERMINAL_TABLE = ", ".join(f"[{s.value!r}] = true" for s in TERMINAL)
 # Shared helpers: split a JSON object into ordered (key, raw value) fields.
 _PRELUDE = """
 local TERMINAL = {__TERMINAL__}
-local QUEUED, FAILED = '__QUEUED__', '__FAILED__'
+local QUEUED, FAILED, PENDING = '__QUEUED__', '__FAILED__', '__PENDING__'
 local QUEUED_KEY, QUEUED_TASKS_KEY = '__QUEUED_KEY__', '__QUEUED_TASKS_KEY__'
 local REAPED_KEY = '__REAPED_KEY__'
 
@@ -138,6 +138,7 @@ end
 for _name, _value in {
     "__TERMINAL__": _TERMINAL_TABLE,
     "__QUEUED__": Status.QUEUED.value,
+    "__PENDING__": Status.PENDING.value,
     "__FAILED__": Status.FAILED.value,
     "__QUEUED_KEY__": keys.QUEUED,
     "__QUEUED_TASKS_KEY__": keys.QUEUED_TASKS,
@@ -151,7 +152,8 @@ REAPED_MEMORY = 86400
 #: Merge fields into an info object and publish ``{"update": [id]}``.
 #: KEYS: info, channel, leases.  ARGV: id, ttl, guard, lease_op, lease_ttl,
 #: if_missing, then field/raw-JSON pairs.  guard is ``any``, ``live`` (not
-#: finished), ``queued`` or ``final`` (not finished, or failed by the watchdog
+#: finished), ``queued``, ``pending`` (a manager's job not submitted yet: its
+#: one move to Queued) or ``final`` (not finished, or failed by the watchdog
 #: for an expired lease: the engine's own outcome, written late, wins);
 #: lease_op is ``add``, ``remove`` or ``''``; if_missing is the info object to
 #: start from when the node has none yet (an engine may start a job before the
@@ -168,7 +170,8 @@ end
 local fields, index = split_object(cur)
 local status = field_value(fields, index, 'status')
 local reaped = guard == 'final' and status == FAILED and redis.call('ZSCORE', REAPED_KEY, id)
-if (guard == 'queued' and status ~= QUEUED) or (guard == 'live' and TERMINAL[status])
+if (guard == 'queued' and status ~= QUEUED) or (guard == 'pending' and status ~= PENDING)
+    or (guard == 'live' and TERMINAL[status])
     or (guard == 'final' and TERMINAL[status] and not reaped) then
   return {0, status}
 end
@@ -192,7 +195,8 @@ UPDATE = "redis.replicate_commands()\n" + _PRELUDE + _UPDATE_BODY.replace("__AFT
 #: each added to its parent's children (``add`` published) with its Queued
 #: bookkeeping (no msg_id yet: the engine adds it once the cluster has the task).
 #: KEYS and ARGV as for UPDATE, plus a last ARGV: a JSON list of ``{id, info,
-#: children, parent, channel, message, entry, since}`` (keys and raw values).
+#: children, parent, channel, message, entry, since, index}`` (keys and raw values;
+#: ``index`` is the parent's :func:`moi.keys.jobs_index`).
 CHAIN = (
     "redis.replicate_commands()\n"
     + _PRELUDE
@@ -208,6 +212,8 @@ for _, c in ipairs(created) do
   redis.call('PUBLISH', c.channel, c.message)
   redis.call('ZADD', QUEUED_KEY, c.since, c.id)
   redis.call('HSET', QUEUED_TASKS_KEY, c.id, c.entry)
+  redis.call('ZADD', c.index, c.since, c.id)
+  redis.call('EXPIRE', c.index, ttl)
 end
 """,
     )
@@ -223,8 +229,8 @@ end
 return 0
 """
 
-#: Cancel a job: a queued one ends ``Cancelled`` at once (and loses its task
-#: bookkeeping), a running one gets its cancel flag set for the engine to act on.
+#: Cancel a job: a queued or pending one ends ``Cancelled`` at once (a queued one
+#: loses its task bookkeeping), a running one gets its cancel flag set for the engine to act on.
 #: KEYS: info, channel, cancel flag.  ARGV: id, ttl, then field/raw pairs
 #: written when cancelling a queued job.
 #: Returns ``'cancelled'``, ``'requested'``, ``'finished:<status>'`` or ``'missing'``.
@@ -237,7 +243,7 @@ if not cur then return 'missing' end
 local fields, index = split_object(cur)
 local status = field_value(fields, index, 'status')
 if TERMINAL[status] then return 'finished:' .. status end
-if status == QUEUED then
+if status == QUEUED or status == PENDING then
   redis.call('SET', KEYS[1], splice(fields, index, ARGV, 3), 'EX', ttl)
   redis.call('PUBLISH', KEYS[2], cjson.encode({update = {id}}))
   unqueue(id)
@@ -330,11 +336,15 @@ end
 return out
 """
 
-#: Remove a child from a group and publish ``remove`` if it was there.
-#: KEYS: children set, channel.  ARGV: child id, message.
+#: Remove a child from a group (and its creation indexes) and publish ``remove`` if it was there.
+#: KEYS: children set, channel, jobs index, groups index.  ARGV: child id, message.
 DETACH = """
 local removed = redis.call('SREM', KEYS[1], ARGV[1])
 if removed == 1 then redis.call('PUBLISH', KEYS[2], ARGV[2]) end
+if KEYS[3] then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('ZREM', KEYS[4], ARGV[1])
+end
 return removed
 """
 

@@ -4,8 +4,13 @@ from enum import Enum
 
 
 class Status(str, Enum):
-    """The statuses moi itself sets; jobs may set any other text while running."""
+    """The statuses moi itself sets; jobs may set any other text while running.
 
+    ``Pending``: saved by :class:`moi.manager.JobManager` and not submitted yet
+    (no task, not watched by the watchdog); ``Job.execute()`` makes it ``Queued``.
+    """
+
+    PENDING = "Pending"
     QUEUED = "Queued"
     RUNNING = "Running"
     SUCCESS = "Success"

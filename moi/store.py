@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -149,6 +150,16 @@ def _retrying_once(
         if before_retry is not None:
             before_retry()
         action()
+
+
+def index_commands(info: dict[str, Any], when: float, ttl: int) -> list[tuple[str | int, ...]]:
+    """Commands adding a new node to its parent's index of jobs or groups by creation time.
+
+    The JSON API pages through a user's jobs with these (:func:`moi.keys.jobs_index`).
+    """
+    index = keys.jobs_index if info.get("type") == "job" else keys.groups_index
+    key = index(info["parent"])
+    return [("ZADD", key, repr(when), info["id"]), ("EXPIRE", key, ttl)]
 
 
 class Store:
@@ -387,6 +398,7 @@ class Store:
                 ("SADD", keys.children(parent), node_id),
                 ("EXPIRE", keys.children(parent), ttl),
                 ("EXPIRE", keys.info(parent), ttl),
+                *index_commands(info, time.time(), ttl),
                 ("PUBLISH", keys.pubsub(parent), json.dumps({"add": [node_id]})),
             ]
         return commands
@@ -506,6 +518,7 @@ class Store:
                     "message": json.dumps({"add": [node_id_new]}),
                     "entry": json.dumps({**task, "since": since}),
                     "since": repr(since),
+                    "index": keys.jobs_index(parent),
                 }
             )
         call = update_call(node_id, fields, self.key_timeout, guard, lease)
@@ -547,7 +560,12 @@ class Store:
     def detach(self, parent_id: str, node_id: str) -> bool:
         """Remove ``node_id`` from its parent's children and publish ``remove``."""
         removed = self._detach(
-            keys=[keys.children(parent_id), keys.pubsub(parent_id)],
+            keys=[
+                keys.children(parent_id),
+                keys.pubsub(parent_id),
+                keys.jobs_index(parent_id),
+                keys.groups_index(parent_id),
+            ],
             args=[node_id, json.dumps({"remove": [node_id]})],
         )
         return bool(removed)

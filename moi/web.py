@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
+import logging
 import os
 import secrets
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -31,23 +30,27 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.netutil import bind_sockets
 
-from moi import connection, embedded, job, runtime, watchdog, web_watch
+from moi import api, auth, connection, embedded, job, keys, nodes, runtime, watchdog, web_watch
 from moi.context import resolve
-from moi.errors import MoiError
+from moi.errors import InvalidUserError, MoiError
 from moi.group import create_info, get_id_from_user
 from moi.status import is_terminal
-from moi.store import now
+from moi.store import now, text
 from moi.webauth import (
     LOOPBACK_HOSTS,
     SESSION_HOURS,
-    LoginLimiter,
+    Principal,
+    ServerConfig,
     Sessions,
     TooManyLogins,
     check_host,
     check_same_origin,
     check_token,
+    check_xsrf,
     host_name,
     local_address,
+    log_in_with,
+    principal_for_session,
     read_session,
     safe_next,
     same_origin,
@@ -56,32 +59,30 @@ from moi.webauth import (
 )
 from moi.websocket import MAX_MESSAGE_SIZE, MOIMessageHandler
 
+__all__ = ["ServerConfig", "Principal", "make_app", "serve"]
+
+log = logging.getLogger("moi.web")
 _HERE = Path(__file__).parent
 #: One thread submits jobs: the ipyparallel client is not thread-safe.
 _submitter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moi-submit")
 
 
-@dataclass(frozen=True)
-class ServerConfig:
-    """What a dashboard serves: whose jobs, behind which token and sessions, writable or not."""
-
-    user: str
-    token: str
-    sessions: Sessions
-    read_only: bool = False
-    hosts: frozenset[str] = LOOPBACK_HOSTS
-    limiter: LoginLimiter = field(default_factory=LoginLimiter)
-
-
 # -- pages ------------------------------------------------------------------------------
 class BaseHandler(tornado.web.RequestHandler):
-    """Host and origin checks, token login and the session, shared by every page."""
+    """Host and origin checks, key or token login and the session, shared by every page.
+
+    ``prepare`` finds who the request acts for (:attr:`principal`, from the
+    session; its API key is checked on every request, so a revoked key's
+    sessions end at once) and whose tree it shows (:attr:`target`: the
+    principal's own, or for an admin the ``user`` argument's).
+    """
 
     #: Nonce of this response's inline scripts (see :func:`set_security_headers`).
     csp_nonce: str
     #: Whether POSTs are accepted without a session (login, logout); with one,
     #: every POST needs the session's XSRF token.
     open_without_session = False
+    principal: Principal | None = None
 
     def initialize(self, server: ServerConfig) -> None:
         self.server = server
@@ -96,8 +97,7 @@ class BaseHandler(tornado.web.RequestHandler):
         return read_session(self, self.server.sessions)
 
     def get_current_user(self) -> str | None:
-        session = self.current_session()
-        return session["user"] if session else None
+        return self.principal.user if self.principal else None
 
     @property
     def xsrf_token(self) -> bytes:
@@ -114,43 +114,51 @@ class BaseHandler(tornado.web.RequestHandler):
             if self.open_without_session:
                 return
             raise tornado.web.HTTPError(403, "not logged in")
-        given = (
-            self.get_argument("_xsrf", None)
-            or self.request.headers.get("X-Xsrftoken")
-            or self.request.headers.get("X-Csrftoken")
-            or ""
-        )
-        expected = self.server.sessions.xsrf_token(session)
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise tornado.web.HTTPError(403, "XSRF token missing or not this session's")
+        check_xsrf(self, self.server, session)
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         check_host(self.request, self.server.hosts)
         token = self.get_query_argument("token", None)
-        if token is not None and self.token_ok(token):
-            self.log_in()
-            rest = {k: v[-1] for k, v in self.request.query_arguments.items() if k != "token"}
-            query = urlencode({k: v.decode() for k, v in rest.items()})
-            self.redirect(self.request.path + (f"?{query}" if query else ""))
+        if token is not None:
+            principal = await log_in_with(self, self.server, token)
+            if principal is not None:
+                self.log_in(principal)
+                rest = {k: v[-1] for k, v in self.request.query_arguments.items() if k != "token"}
+                query = urlencode({k: v.decode() for k, v in rest.items()})
+                self.redirect(self.request.path + (f"?{query}" if query else ""))
+                return
+        self.principal = await principal_for_session(self.server, self.current_session())
+        self.current_user = self.principal.user if self.principal else None
 
-    def token_ok(self, token: str) -> bool:
-        """Whether ``token`` is right; counts failures and refuses locked-out clients (429)."""
-        client = self.request.remote_ip or ""
-        wait = self.server.limiter.retry_after(client)
-        if wait:
-            raise TooManyLogins(wait)
-        if hmac.compare_digest(token.encode(), self.server.token.encode()):
-            return True
-        self.server.limiter.failed(client)
-        return False
+    @property
+    def target(self) -> str:
+        """Whose tree this request shows and acts on: an admin's ``?user=NAME``, else one's own."""
+        assert self.principal is not None
+        wanted = self.get_argument("user", None)
+        if wanted and self.principal.admin:
+            try:
+                return keys.check_user_name(wanted)
+            except InvalidUserError as exc:
+                raise tornado.web.HTTPError(400, str(exc)) from None
+        return self.principal.user
 
-    def log_in(self) -> None:
+    @property
+    def read_only(self) -> bool:
+        """Whether writes are refused: a read-only server or key."""
+        return self.server.read_only or bool(self.principal and self.principal.read_only)
+
+    def refuse_writes(self) -> None:
+        """403 on a read-only server or key."""
+        if self.read_only:
+            raise tornado.web.HTTPError(403, "read-only: writes are refused")
+
+    def log_in(self, principal: Principal) -> None:
         """Start a session: the signed, HttpOnly, SameSite=Strict cookie of this server's port."""
         port = local_address(self.request)[1]
         lifetime = self.server.sessions.lifetime
         self.set_secure_cookie(
             session_cookie(port),
-            json.dumps(self.server.sessions.issue(port)),
+            json.dumps(self.server.sessions.issue(port, principal)),
             expires_days=lifetime / 86400,
             httponly=True,
             samesite="Strict",
@@ -166,9 +174,13 @@ class BaseHandler(tornado.web.RequestHandler):
     def get_login_url(self) -> str:
         return "/login"
 
+    def _back(self) -> str:
+        """The dashboard of the target user (an admin's ``?user=`` kept)."""
+        return "/" if self.target == self.current_user else "/?" + urlencode({"user": self.target})
+
     async def user_tree(self) -> tuple[str, dict[str, dict[str, Any]]]:
-        """The user's group id and every node of the user's tree by id."""
-        group_id = await asyncio.to_thread(get_id_from_user, self.server.user)
+        """The target user's group id and every node of that tree by id."""
+        group_id = await asyncio.to_thread(get_id_from_user, self.target)
         nodes = await asyncio.to_thread(runtime.store().tree, group_id)
         return group_id, {info["id"]: info for info in nodes}
 
@@ -179,15 +191,18 @@ class LoginHandler(BaseHandler):
     open_without_session = True
 
     def get(self) -> None:
-        self.render("login.html", next=safe_next(self.get_argument("next", "/")), error=None)
-
-    def post(self) -> None:
         next_url = safe_next(self.get_argument("next", "/"))
-        if not self.token_ok(self.get_argument("token", "")):
+        self.render("login.html", next=next_url, error=None, multi_user=self.server.multi_user)
+
+    async def post(self) -> None:
+        next_url = safe_next(self.get_argument("next", "/"))
+        principal = await log_in_with(self, self.server, self.get_argument("token", ""))
+        if principal is None:
             self.set_status(403)
-            self.render("login.html", next=next_url, error="Wrong token.")
+            error = "Wrong or revoked key." if self.server.multi_user else "Wrong token."
+            self.render("login.html", next=next_url, error=error, multi_user=self.server.multi_user)
             return
-        self.log_in()
+        self.log_in(principal)
         self.redirect(next_url)
 
 
@@ -207,7 +222,7 @@ class LogoutHandler(BaseHandler):
 class NotFoundHandler(BaseHandler):
     """Any other path: 404, with the same headers and Host check as the pages."""
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         check_host(self.request, self.server.hosts)
         raise tornado.web.HTTPError(404)
 
@@ -233,14 +248,19 @@ class DashboardHandler(BaseHandler):
         await self.show()
 
     async def show(self, error: str | None = None, status: int = 200) -> None:
-        group_id = await asyncio.to_thread(get_id_from_user, self.server.user)
+        target = self.target
+        group_id = await asyncio.to_thread(get_id_from_user, target)
+        admin = self.principal is not None and self.principal.admin
+        users = await asyncio.to_thread(_user_names) if admin else []
         self.set_status(status)
         self.render(
             "dashboard.html",
-            user=self.server.user,
+            user=target,
             group_id=group_id,
-            read_only=self.server.read_only,
+            read_only=self.read_only,
             error=error,
+            users=users,
+            viewing_other=target != self.current_user,
         )
 
 
@@ -249,19 +269,18 @@ class SubmitHandler(DashboardHandler):
 
     @tornado.web.authenticated
     async def post(self) -> None:
-        if self.server.read_only:
-            raise tornado.web.HTTPError(403, "read-only server")
+        self.refuse_writes()
         cmd, cmd_type = self.get_argument("cmd", ""), self.get_argument("cmd_type", "python")
-        name = self.get_argument("name", "") or f"{self.server.user}-web-submit"
+        name = self.get_argument("name", "") or f"{self.target}-web-submit"
         try:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(
-                _submitter, submit_command, self.server.user, cmd, cmd_type, name, None
+                _submitter, submit_command, self.target, cmd, cmd_type, name, None
             )
         except MoiError as exc:
             await self.show(error=str(exc), status=400)
             return
-        self.redirect("/")
+        self.redirect(self._back())
 
 
 class SubmitGroupHandler(DashboardHandler):
@@ -269,8 +288,7 @@ class SubmitGroupHandler(DashboardHandler):
 
     @tornado.web.authenticated
     async def post(self) -> None:
-        if self.server.read_only:
-            raise tornado.web.HTTPError(403, "read-only server")
+        self.refuse_writes()
         name = self.get_argument("group_name", "") or "unnamed group"
         cmd_type = self.get_argument("cmd_type", "python")
         cmds = [c for c in self.get_argument("cmds", "").splitlines() if c.strip()]
@@ -278,13 +296,11 @@ class SubmitGroupHandler(DashboardHandler):
             if not cmds:
                 raise MoiError("give at least one command, one per line")
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(
-                _submitter, submit_group, self.server.user, name, cmds, cmd_type
-            )
+            await loop.run_in_executor(_submitter, submit_group, self.target, name, cmds, cmd_type)
         except MoiError as exc:
             await self.show(error=str(exc), status=400)
             return
-        self.redirect("/")
+        self.redirect(self._back())
 
 
 #: Info fields the job page leaves out (internal, or shown elsewhere on it).
@@ -366,15 +382,15 @@ class NodeHandler(BaseHandler):
             self.render(
                 "error.html",
                 title=f"No such {kind}",
-                message=f"There is no {kind} {node_id} among the jobs of {self.server.user}: "
+                message=f"There is no {kind} {node_id} among the jobs of {self.target}: "
                 "it may have been removed, or have expired.",
             )
             return
         page = {
-            "user": self.server.user,
+            "user": self.target,
             "info": info,
             "group_id": group_id,
-            "read_only": self.server.read_only,
+            "read_only": self.read_only,
             "server_now": now(),
         }
         if kind == "job":
@@ -400,25 +416,58 @@ class NodeHandler(BaseHandler):
             )
 
 
+class NodesHandler(BaseHandler):
+    """``/nodes``: each context's engines, what each runs now, its queue (refreshes itself).
+
+    A job another user runs shows as "another user's job", without id or name
+    (an admin sees them all).
+    """
+
+    #: Seconds between two refreshes of the page.
+    refresh = 3
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        contexts = await asyncio.to_thread(nodes.listing)
+        if not (self.principal and self.principal.admin):
+            _, mine = await self.user_tree()
+            for context in contexts:
+                for engine in context["engines"]:
+                    running = engine.get("running")
+                    if running and running.get("id") not in mine:
+                        engine["running"] = {"id": None, "name": "another user's job"}
+        query = "" if self.target == self.current_user else "?" + urlencode({"user": self.target})
+        self.render("nodes.html", contexts=contexts, refresh=self.refresh, query=query)
+
+
 class DashboardSocket(MOIMessageHandler):
     """The websocket: a live session of this dashboard only, from its own origin.
 
-    Closes (1008) when the session is revoked (logout) or expires.
+    Shows the session's user's tree (an admin's: ``?user=NAME``'s), read-only
+    for a read-only key or server.  Closes (1008) when the session is revoked
+    (logout) or expires, or its API key is revoked (checked every
+    ``key_check_seconds``).
     """
 
     def initialize(self, server: ServerConfig, **kwargs: Any) -> None:  # type: ignore[override]
         super().initialize(read_only=server.read_only)
         self.server = server
         self.session: dict[str, Any] | None = None
+        self.principal: Principal | None = None
         self._stop_watching: list[Callable[[], None]] = []
 
     def get_current_user(self) -> str | None:
-        self.session = read_session(self, self.server.sessions)
-        return self.session["user"] if self.session else None
+        return None  # set by prepare, from the session and its key
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:  # type: ignore[override]
         check_host(self.request, self.server.hosts)
         check_same_origin(self.request)
+        self.session = read_session(self, self.server.sessions)
+        self.principal = await principal_for_session(self.server, self.session)
+        if self.principal is not None:
+            self.read_only = self.server.read_only or self.principal.read_only
+            wanted = self.get_query_argument("user", None)
+            self.current_user = wanted if wanted and self.principal.admin else self.principal.user
         super().prepare()
 
     def check_origin(self, origin: str) -> bool:
@@ -430,19 +479,39 @@ class DashboardSocket(MOIMessageHandler):
         await super().open(*args)
 
     def watch_session(self, session: dict[str, Any]) -> None:
-        """Close this socket when ``session`` is revoked or expires."""
+        """Close this socket when ``session`` is revoked or expires, or its key is revoked."""
         sessions = self.server.sessions
-        expiry = IOLoop.current().call_later(
+        loop = IOLoop.current()
+        expiry = loop.call_later(
             max(0.0, sessions.remaining(session)), self.close, 1008, "session expired"
         )
         unwatch = sessions.on_revoke(session, lambda: self.close(1008, "logged out"))
-        self._stop_watching = [lambda: IOLoop.current().remove_timeout(expiry), unwatch]
+        self._stop_watching = [lambda: loop.remove_timeout(expiry), unwatch]
+        if self.server.multi_user:
+            check = PeriodicCallback(self._check_key, self.server.key_check_seconds * 1000)
+            check.start()
+            self._stop_watching.append(check.stop)
+
+    async def _check_key(self) -> None:
+        try:
+            still = await principal_for_session(self.server, self.session)
+        except Exception as exc:  # noqa: BLE001 -- Redis away: check again next time
+            log.warning("checking a websocket's API key failed: %s", exc)
+            return
+        if still is None:
+            self.close(1008, "API key revoked")
 
     def on_close(self) -> None:
         for stop in self._stop_watching:
             stop()
         self._stop_watching = []
         super().on_close()
+
+
+def _user_names() -> list[str]:
+    """Every user name moi knows (for an admin's user picker)."""
+    names = [text(n) for n in runtime.redis_client().hkeys(keys.USER_ID_MAP)]
+    return sorted(n for n in names if not keys.is_uuid(n))
 
 
 def check_command(cmd: str, cmd_type: str) -> None:
@@ -498,13 +567,15 @@ def make_app(
     session_hours: float = SESSION_HOURS,
     allowed_hosts: Iterable[str] = (),
     metrics_public: bool = False,
+    multi_user: bool = False,
+    key_check_seconds: float = 30.0,
 ) -> tornado.web.Application:
     """Build the dashboard application.
 
     Parameters
     ----------
     user : str
-        Whose jobs the dashboard shows and submits.
+        Whose jobs the dashboard shows and submits (single-user server).
     token : str, optional
         Login token, at least 16 characters; a random one when omitted (read it
         from ``app.settings['moi_token']``).
@@ -519,6 +590,12 @@ def make_app(
         loopback address (e.g. the name a reverse proxy forwards).
     metrics_public : bool
         Serve ``/metrics`` without a session or token.
+    multi_user : bool
+        People log in with their API keys (``moi keys create``) and each sees
+        their own tree, admins every tree; ``user`` and ``token`` are not used
+        to log in.
+    key_check_seconds : float
+        How often an open websocket checks that its API key still exists.
 
     Returns
     -------
@@ -538,9 +615,13 @@ def make_app(
     server = ServerConfig(
         user=user,
         token=token,
-        sessions=Sessions(user, token, secret, lifetime=session_hours * 3600),
+        sessions=Sessions(
+            user, token, secret, lifetime=session_hours * 3600, multi_user=multi_user
+        ),
         read_only=read_only,
         hosts=LOOPBACK_HOSTS | {host_name(h) for h in allowed_hosts},
+        multi_user=multi_user,
+        key_check_seconds=key_check_seconds,
     )
     page = {"server": server}
     return tornado.web.Application(
@@ -551,9 +632,11 @@ def make_app(
             (r"/submit", SubmitHandler, page),
             (r"/submit-group", SubmitGroupHandler, page),
             (r"/(job|group)/([A-Za-z0-9_.:-]{1,128})", NodeHandler, page),
+            (r"/nodes", NodesHandler, page),
             (r"/moi-ws/", DashboardSocket, page),
             (r"/metrics", web_watch.MetricsHandler, {**page, "public": metrics_public}),
             (r"/log/([A-Za-z0-9_.-]{1,128})", web_watch.LogPageHandler, page),
+            *api.handlers(server),
         ],
         template_path=str(_HERE / "templates"),
         static_path=str(_HERE / "static"),
@@ -591,13 +674,19 @@ async def serve(
     allowed_hosts: Iterable[str] = (),
     behind_proxy: bool = False,
     metrics_public: bool = False,
+    multi_user: bool | None = None,
 ) -> None:
     """Run the dashboard until cancelled, printing its login URL.
 
     ``behind_proxy`` trusts ``X-Forwarded-For``/``X-Forwarded-Proto`` (a
     reverse proxy terminating TLS): client addresses for the login limit and
-    the ``https`` origin come from them.
+    the ``https`` origin come from them.  ``multi_user`` (by default: no
+    ``token`` given and API keys exist) serves every user with a key.
     """
+    if multi_user is None:
+        multi_user = token is None and await asyncio.to_thread(auth.any_keys)
+    if multi_user and user != "no-user":
+        log.warning("--user %r is not used: each person logs in with their own API key", user)
     app = make_app(
         user=user,
         token=token,
@@ -605,6 +694,7 @@ async def serve(
         session_hours=session_hours,
         allowed_hosts=allowed_hosts,
         metrics_public=metrics_public,
+        multi_user=multi_user,
     )
     sockets = bind_sockets(port, address=host)
     port = sockets[0].getsockname()[1]  # the one picked when asked for port 0
@@ -612,10 +702,18 @@ async def serve(
     server.add_sockets(sockets)
     start_watchdog()
     shown = "127.0.0.1" if host in ("", "0.0.0.0") else f"[{host}]" if ":" in host else host
-    print(
-        f"moi serve: jobs of user {user!r} at http://{shown}:{port}/?token={app.settings['moi_token']}",
-        flush=True,
-    )
+    if multi_user:
+        print(
+            f"moi serve: every user with an API key, at http://{shown}:{port}/login "
+            "(make keys with moi keys create --user NAME)",
+            flush=True,
+        )
+    else:
+        print(
+            f"moi serve: jobs of user {user!r} at "
+            f"http://{shown}:{port}/?token={app.settings['moi_token']}",
+            flush=True,
+        )
     try:
         await asyncio.Event().wait()
     finally:

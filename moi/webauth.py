@@ -110,13 +110,16 @@ class Sessions:
     A session is the payload ``{"user", "sid", "iat", "fp"}`` of a signed
     cookie: ``fp`` binds it to this server's token and listening port,
     ``iat`` (issue time) to ``lifetime``, and a revoked ``sid`` (logout) is
-    refused from then on.
+    refused from then on.  On a multi-user server (``multi_user``) the
+    payload also names the API key it was opened with (``key``, the key's
+    public prefix), and ``user`` is that key's user.
     """
 
     user: str
     token: str
     secret: str
     lifetime: float = SESSION_HOURS * 3600
+    multi_user: bool = False
     revoked: dict[str, float] = field(default_factory=dict)
     _on_revoke: dict[str, set[Callable[[], None]]] = field(default_factory=dict)
 
@@ -125,21 +128,34 @@ class Sessions:
         message = f"moi-dashboard-session:{port}".encode()
         return hmac.new(self.token.encode(), message, hashlib.sha256).hexdigest()
 
-    def issue(self, port: int) -> dict[str, Any]:
-        """A new session for the dashboard's user on ``port``."""
+    def issue(self, port: int, principal: Principal | None = None) -> dict[str, Any]:
+        """A new session on ``port``: of the dashboard's user, or of ``principal``'s key."""
         sid, fp = secrets.token_urlsafe(18), self.fingerprint(port)
-        return {"user": self.user, "sid": sid, "iat": int(time.time()), "fp": fp}
+        session = {"user": self.user, "sid": sid, "iat": int(time.time()), "fp": fp}
+        if self.multi_user and principal is not None:
+            session.update(user=principal.user, key=principal.key_prefix)
+        return session
 
     def valid(self, session: Any, port: int) -> bool:
         """Whether ``session`` (a decoded cookie payload) is a live session of this server."""
-        if not isinstance(session, dict) or set(session) != {"user", "sid", "iat", "fp"}:
+        fields = {"user", "sid", "iat", "fp"} | ({"key"} if self.multi_user else set())
+        if not isinstance(session, dict) or set(session) != fields:
             return False
+        if self.multi_user:
+            return (
+                isinstance(session["user"], str)
+                and isinstance(session["key"], str)
+                and self._live(session, port)
+            )
+        return session["user"] == self.user and self._live(session, port)
+
+    def _live(self, session: dict[str, Any], port: int) -> bool:
+        """Signed for this server and port, not expired, not from the future, not revoked."""
         sid, iat, fp = session["sid"], session["iat"], session["fp"]
         if not (isinstance(sid, str) and isinstance(fp, str) and type(iat) is int):
             return False
         return (
-            session["user"] == self.user
-            and hmac.compare_digest(fp, self.fingerprint(port))
+            hmac.compare_digest(fp, self.fingerprint(port))
             and self.remaining(session) > 0
             and iat <= time.time() + 60  # a little clock skew, no sessions from the future
             and sid not in self.revoked
@@ -411,3 +427,163 @@ def safe_next(url: str) -> str:
         if not form.startswith("/") or form.startswith("//") or _UNSAFE_IN_NEXT.search(form):
             return "/"
     return url
+
+
+# -- who is asking: API keys, the token, sessions ------------------------------------------
+@dataclass(frozen=True)
+class Principal:
+    """Who a request acts for.
+
+    Attributes
+    ----------
+    user : str
+        Whose tree it reads and changes.
+    admin : bool
+        May read and change every user's tree.
+    read_only : bool
+        Every write must be refused (403): a read-only key, or a ``--read-only`` server.
+    key_prefix : str or None
+        Public prefix of the API key used; ``None`` on a single-user (``--token``) server.
+    """
+
+    user: str
+    admin: bool = False
+    read_only: bool = False
+    key_prefix: str | None = None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What a dashboard serves: whose jobs, behind which token and sessions, writable or not.
+
+    ``multi_user``: people log in with their API keys (:mod:`moi.auth`) and
+    each sees their own tree; ``user`` and ``token`` then only serve the
+    sessions' signatures.  ``key_check_seconds``: how often an open websocket
+    checks that its key was not revoked.
+    """
+
+    user: str
+    token: str
+    sessions: Sessions
+    read_only: bool = False
+    hosts: frozenset[str] = LOOPBACK_HOSTS
+    limiter: LoginLimiter = field(default_factory=LoginLimiter)
+    multi_user: bool = False
+    key_check_seconds: float = 30.0
+
+
+def _async_redis() -> Any:
+    from moi.relay import get_relay
+
+    return get_relay().store.r
+
+
+async def principal_for_key(server: ServerConfig, key: str) -> Principal | None:
+    """Who ``key`` (an API key, or a single-user server's token) logs in as; None if no one."""
+    if not server.multi_user:
+        if hmac.compare_digest(key.encode(), server.token.encode()):
+            return Principal(server.user, read_only=server.read_only)
+        return None
+    from moi import auth
+
+    info = await auth.alookup(key, _async_redis())
+    if info is None:
+        return None
+    return Principal(info.user, info.admin, info.read_only or server.read_only, info.prefix)
+
+
+async def principal_for_session(
+    server: ServerConfig, session: dict[str, Any] | None
+) -> Principal | None:
+    """Who a live session acts for; None when there is none or its API key was revoked."""
+    if session is None:
+        return None
+    if not server.multi_user:
+        return Principal(server.user, read_only=server.read_only)
+    from moi import auth
+
+    info = await auth.arecord(session["key"], _async_redis())
+    if info is None or info.user != session["user"]:
+        return None
+    return Principal(info.user, info.admin, info.read_only or server.read_only, info.prefix)
+
+
+async def log_in_with(
+    handler: tornado.web.RequestHandler, server: ServerConfig, key: str
+) -> Principal | None:
+    """:func:`principal_for_key`, counting failures per client address.
+
+    Raises
+    ------
+    TooManyLogins
+        429 while this client is locked out (even with the right key).
+    """
+    client = handler.request.remote_ip or ""
+    wait = server.limiter.retry_after(client)
+    if wait:
+        raise TooManyLogins(wait)
+    principal = await principal_for_key(server, key)
+    if principal is None:
+        server.limiter.failed(client)
+    return principal
+
+
+def check_xsrf(handler: tornado.web.RequestHandler, server: ServerConfig, session: Any) -> None:
+    """Refuse (403) a write of a session from another origin or without its XSRF token."""
+    check_host(handler.request, server.hosts)
+    check_same_origin(handler.request)
+    given = (
+        handler.get_argument("_xsrf", None)
+        or handler.request.headers.get("X-Xsrftoken")
+        or handler.request.headers.get("X-Csrftoken")
+        or ""
+    )
+    expected = server.sessions.xsrf_token(session)
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise tornado.web.HTTPError(403, "XSRF token missing or not this session's")
+
+
+async def authenticate(
+    handler: tornado.web.RequestHandler, server: ServerConfig, write: bool = False
+) -> Principal | None:
+    """Who a request (of the JSON API, say) acts for: its bearer key or its session.
+
+    ``Authorization: Bearer KEY`` is checked first (an API key, or the token
+    of a single-user server; a wrong one counts as a failed login of the
+    client's address); else the dashboard's session cookie, whose writes
+    (``write=True``) must come from this server's origin with the session's
+    XSRF token (``X-Xsrftoken`` header or ``_xsrf`` argument).
+
+    Parameters
+    ----------
+    handler : tornado.web.RequestHandler
+    server : ServerConfig
+    write : bool
+        The request changes something.
+
+    Returns
+    -------
+    Principal or None
+        ``None``: no credentials, or wrong, revoked or expired ones (answer 401).
+        A read-only principal is returned as such: refuse its writes (403).
+
+    Raises
+    ------
+    TooManyLogins
+        429: this address failed to log in too often.
+    tornado.web.HTTPError
+        403 for a session's write without its origin or XSRF token.
+    """
+    check_host(handler.request, server.hosts)
+    header = handler.request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, key = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            return None
+        return await log_in_with(handler, server, key.strip())
+    session = read_session(handler, server.sessions)
+    if session is None:
+        return None
+    if write:
+        check_xsrf(handler, server, session)
+    return await principal_for_session(server, session)

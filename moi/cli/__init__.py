@@ -22,7 +22,24 @@ from moi.status import Status
 
 
 class _MoiGroup(click.Group):
-    """Turns moi's own errors into one clear line and a non-zero exit."""
+    """Turns moi's own errors into one clear line and a non-zero exit.
+
+    With ``--server`` (``$MOI_SERVER``) commands come from :mod:`moi.cli.remote`.
+    """
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if not ctx.params.get("server"):
+            return super().get_command(ctx, name)
+        from moi.cli.remote import REMOTE
+
+        if name not in REMOTE and name in self.commands:
+            raise click.UsageError(f"`moi {name}` works on this machine only, not with --server")
+        return REMOTE.get(name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from moi.cli.remote import REMOTE
+
+        return sorted(REMOTE) if ctx.params.get("server") else super().list_commands(ctx)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -41,7 +58,20 @@ class _MoiGroup(click.Group):
 
 @click.group(cls=_MoiGroup)
 @click.version_option(package_name="moi")
-def main() -> None:
+@click.option(
+    "--server",
+    envvar="MOI_SERVER",
+    default=None,
+    help="Talk to this moi serve (http(s)://host:port) [$MOI_SERVER]; the API key comes "
+    "from $MOI_KEY or --key-file.",
+)
+@click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Read the API key for --server from this file (yours, chmod 600).",
+)
+def main(server: str | None, key_file: str | None) -> None:
     """moi: run jobs on an ipyparallel cluster and watch them live."""
 
 
@@ -612,7 +642,12 @@ def serve(
     read_only: bool,
     metrics_public: bool,
 ) -> None:
-    """Serve the live dashboard of a user's jobs."""
+    """Serve the live dashboard of a user's jobs.
+
+    With a token (--token, --token-file, $MOI_TOKEN): user --user behind it, as
+    always.  Without one, once API keys exist (moi keys create), every key
+    holder logs in with their key and sees their own tree.
+    """
     import asyncio
     import logging
     from pathlib import Path
@@ -644,9 +679,10 @@ def serve(
 
 # Command groups that grew past a few commands live in modules of their own,
 # registered on ``main`` when imported here (each module imports ``main``).
-# from moi.cli import keys as _keys  # noqa: E402,F401  (example)
-from moi.cli import logs as _logs  # noqa: E402,F401
-from moi.cli import watch as _watch  # noqa: E402,F401
+from moi.cli import keys as _keys  # noqa: E402,F401  (moi keys, moi templates)
+from moi.cli import logs as _logs  # noqa: E402,F401  (moi logs)
+from moi.cli import remote as _remote  # noqa: E402,F401  (--server mode, moi nodes)
+from moi.cli import watch as _watch  # noqa: E402,F401  (moi watch)
 
 if __name__ == "__main__":
     main()

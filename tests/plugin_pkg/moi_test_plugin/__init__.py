@@ -43,3 +43,13 @@ def trail(environ: dict[str, Any]) -> dict[str, Any]:
     """Filter: append n to trail (shows the order filters run in)."""
     environ.setdefault("trail", []).append(environ["n"])
     return environ
+
+
+#: A job template as an entry point naming a dict (moi.templates): the template's name is
+#: the entry point's.
+SQUARE_TEMPLATE = {"job_type": "square", "params": {"n": 3}, "description": "n * n, n = 3"}
+
+
+def templates() -> list[dict[str, Any]]:
+    """Job templates as an entry point naming a callable that returns a list."""
+    return [{"name": "plugin-ping", "job_type": "ping", "params": {"ping": "from a plug-in"}}]
