@@ -35,10 +35,12 @@ CORE = {
 SERVICE = {"types", "chain", "manager", "auth", "logs", "metrics", "nodes"}
 DOORS = {"cli", "api", "websocket", "web", "webauth", "web_watch", "client"}
 # Core modules that reach a service module from inside a function, on purpose:
-# the engine runs typed jobs and hands an ending job's chain request on, and
-# job.submit_type checks an environ; both load the service only when used.
+# the engine runs typed jobs, captures a job's output and hands an ending
+# job's chain request on; job.submit_type checks an environ and system_call
+# streams a command's lines; both load the service only when used.
 LAZY_CORE_TO_SERVICE = {
     ("engine", "chain"), ("job", "chain"), ("engine", "types"), ("job", "types"),
+    ("engine", "logs"), ("job", "logs"),
 }
 
 
