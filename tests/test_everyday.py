@@ -54,6 +54,11 @@ def sets_a_final_status(**kwargs: Any) -> None:
     kwargs["moi_update_status"]("Success")
 
 
+def where_am_i(**kwargs: Any) -> str:
+    """Job: the engine's working directory."""
+    return os.getcwd()
+
+
 def submitted_id(stdout: str) -> str:
     found = re.search(r"Submitted job id: (\S+)", stdout)
     assert found, stdout
@@ -339,3 +344,12 @@ def test_shell_completion_script_is_printed(moi_env):
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert 'eval "$(_MOI_COMPLETE=bash_source moi)"' in readme  # documented as it works
     assert "`moi cancel ID [--wait/--no-wait]`" in readme
+
+
+# -- item 10 stays fixed ---------------------------------------------------------------------
+def test_engines_work_in_the_state_directory_not_the_users(moi_env, user):
+    """A ``moi/`` folder in the user's directory must not shadow the package on the engines."""
+    job_id, _, ar = submit(None, get_id_from_user(user), "cwd", None, where_am_i)
+    profile = Path(moi_env["MOI_STATE_DIR"]) / "ipython" / "profile_default"
+    assert Path(ar.get(timeout=60)).resolve() == profile.resolve()
+    assert Path(os.getcwd()).resolve() != profile.resolve()
