@@ -54,6 +54,11 @@ def sets_a_final_status(**kwargs: Any) -> None:
     kwargs["moi_update_status"]("Success")
 
 
+def where_am_i(**kwargs: Any) -> str:
+    """Job: the engine's working directory."""
+    return os.getcwd()
+
+
 def submitted_id(stdout: str) -> str:
     found = re.search(r"Submitted job id: (\S+)", stdout)
     assert found, stdout
@@ -192,13 +197,14 @@ def test_python_commands_report_the_users_line_numbers(moi_env, user):
     assert 'File "<moi-cmd>", line 1, in _moi_cmd' in "".join(wait(job_id, timeout=60)["result"])
 
 
-def test_format_failure_keeps_every_frame_of_an_error_inside_moi():
-    try:
-        engine.jsonable(None)  # no error: then raise one from moi's own code
-        engine.persist(lambda: 1 / 0)
-    except ZeroDivisionError as exc:
-        lines = engine.format_failure(exc)
-    assert any("engine.py" in line for line in lines)
+def test_an_error_inside_moi_keeps_every_frame():
+    with pytest.raises(ValueError) as caught:
+        engine.update_status(None, "some-job", "Success")  # type: ignore[arg-type]
+    exc = caught.value
+    exc.__traceback__ = exc.__traceback__.tb_next  # as on an engine: moi's own frames only
+    text = "".join(engine.format_failure(exc))
+    assert text.startswith("Traceback (most recent call last):\n")
+    assert "moi/engine.py" in text and "in update_status" in text
 
 
 # -- item 9: the CLI -------------------------------------------------------------------------
@@ -335,3 +341,15 @@ def test_shell_completion_script_is_printed(moi_env):
         cwd="/",
     )
     assert "complete -o nosort -F _moi_completion moi" in done.stdout, done.stderr
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert 'eval "$(_MOI_COMPLETE=bash_source moi)"' in readme  # documented as it works
+    assert "`moi cancel ID [--wait/--no-wait]`" in readme
+
+
+# -- item 10 stays fixed ---------------------------------------------------------------------
+def test_engines_work_in_the_state_directory_not_the_users(moi_env, user):
+    """A ``moi/`` folder in the user's directory must not shadow the package on the engines."""
+    job_id, _, ar = submit(None, get_id_from_user(user), "cwd", None, where_am_i)
+    profile = Path(moi_env["MOI_STATE_DIR"]) / "ipython" / "profile_default"
+    assert Path(ar.get(timeout=60)).resolve() == profile.resolve()
+    assert Path(os.getcwd()).resolve() != profile.resolve()
