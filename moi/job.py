@@ -18,7 +18,6 @@ import reprlib
 import shlex
 import signal
 import subprocess
-import textwrap
 import time
 import traceback
 import weakref
@@ -411,11 +410,6 @@ def run_command(cmd: str, env: dict[str, str] | None = None) -> tuple[str, str, 
     return stdout, stderr, proc.returncode
 
 
-def python_source(cmd: str) -> str:
-    """The function that runs ``cmd`` as its body, as text (its lines are one further down)."""
-    return "def _moi_cmd():\n" + textwrap.indent(cmd, "    ") + "\n"
-
-
 def python_code(cmd: str) -> Any:
     """``cmd`` compiled as the body of a function ``_moi_cmd`` (so ``return`` sets the result).
 
@@ -451,6 +445,14 @@ def python_call(cmd: str, **kwargs: Any) -> Any:
         "moi_update_status": kwargs.get("moi_update_status"),
         "moi_chain": kwargs.get("moi_chain"),
     }
+    return run_python(cmd, namespace)
+
+
+def run_python(cmd: str, namespace: dict[str, Any]) -> Any:
+    """Run ``cmd`` as a function body with the globals ``namespace``; return what it returns.
+
+    Tracebacks and syntax errors give the command's own line numbers.
+    """
     code = python_code(cmd)
     # a traceback shows the command's own lines (one job at a time runs on an engine)
     linecache.cache["<moi-cmd>"] = (len(cmd), None, cmd.splitlines(True), "<moi-cmd>")
@@ -464,9 +466,7 @@ INPUT_VARIABLE = "MOI_INPUT"
 
 def python_each(x: str, cmd: str, **kwargs: Any) -> Any:
     """:func:`python_call` for one input of ``moi submit --many``: the code sees it as ``x``."""
-    namespace: dict[str, Any] = {"x": x, "moi_update_status": kwargs.get("moi_update_status")}
-    exec(compile(python_source(cmd), "<moi-cmd>", "exec"), namespace)
-    return namespace["_moi_cmd"]()
+    return run_python(cmd, {"x": x, "moi_update_status": kwargs.get("moi_update_status")})
 
 
 def system_each(x: str, cmd: str, **kwargs: Any) -> tuple[str, str, int]:

@@ -131,12 +131,9 @@ def python(environ: Environ) -> Environ:
 
     The code sees the environ as the name ``environ`` and may change it.
     """
-    from moi.job import python_source
+    from moi.job import run_python
 
-    cmd = _cmd(environ)
-    namespace: dict[str, Any] = {"environ": environ}
-    exec(compile(python_source(cmd), "<moi-cmd>", "exec"), namespace)
-    environ["output"] = namespace["_moi_cmd"]()
+    environ["output"] = run_python(_cmd(environ), {"environ": environ})
     return environ
 
 

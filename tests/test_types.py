@@ -443,3 +443,14 @@ def test_large_failed_environ_keeps_the_reason(typed, monkeypatch):
     assert set(result) == {"job_type", "result", "exception", "traceback", "note"}
     assert result["exception"] == "Failure: the command exited with status 2"
     assert "larger than the limit of 2000 bytes" in result["note"]
+
+
+def test_python_type_reports_the_commands_own_line_numbers():
+    """A typed ``python`` job's traceback names the line of ``cmd`` that failed."""
+    final = types.execute({"job_type": "python", "cmd": "x = 1\nreturn x / 0"})
+    assert final["result"] == "FAILURE"
+    assert 'File "<moi-cmd>", line 2' in final["traceback"], final["traceback"]
+    assert "return x / 0" in final["traceback"]
+    broken = types.execute({"job_type": "python", "cmd": "return (1"})
+    assert broken["result"] == "FAILURE"
+    assert "line 1" in broken["traceback"], broken["traceback"]
