@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import chaining
+import panel
 import push
 import submit_overhead
 import tree_read
@@ -26,6 +27,7 @@ SUITES = {
     "submit_overhead": submit_overhead,
     "push": push,
     "chaining": chaining,
+    "panel": panel,
 }
 
 

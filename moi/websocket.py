@@ -52,7 +52,7 @@ DRAIN_TIMEOUT = 30.0
 #: Close code for a browser too slow to keep up ("try again later").
 SLOW_CLIENT = 1013
 #: Longest a frame waits to be sent in a batch (batching clients only).
-BATCH_DELAY = 0.025
+BATCH_DELAY = 0.02
 #: Most frames in one batch; a full batch is sent at once.
 BATCH_FRAMES = 2000
 _VERBS = ("get", "remove", "cancel", "close", "batch")

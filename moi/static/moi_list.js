@@ -780,7 +780,6 @@
         this.ticking.delete(info.id);
         parts.elapsed.textContent = start && end ? formatElapsed(end - start, true) : "";
       }
-      if (info.probe !== undefined) el.dataset.probe = String(info.probe);
     }
 
     renderElapsed(node, row) {
