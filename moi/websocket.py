@@ -11,10 +11,13 @@ thing after every connect) gets, from then on, ``{"batch": [frame, ...]}``
 instead: the same frames, in the same order, gathered for at most
 :data:`BATCH_DELAY` seconds or :data:`BATCH_FRAMES` frames, so a tree of
 100,000 nodes arrives in a few dozen messages and 500 changes a second in
-about 40.  ``{"batch": false}`` goes back to one frame per message.  A client
-that never asks gets exactly the original protocol, one frame per message.  The user comes from the secure
-cookie ``user`` (override :meth:`MOIMessageHandler.get_current_user`); a
-browser only ever sees and changes its own user's tree.
+at most 50.  ``{"batch": false}`` goes back to one frame per message.  A
+client that never asks gets exactly the original protocol, one frame per
+message.
+
+The user comes from the secure cookie ``user`` (override
+:meth:`MOIMessageHandler.get_current_user`); a browser only ever sees and
+changes its own user's tree.
 
 A browser is served at its own pace: a large reply waits while more than
 :data:`MAX_BUFFERED` / 4 bytes are queued for it, and a browser that lets

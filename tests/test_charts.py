@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -73,12 +73,32 @@ def chart(page: Page, expression: str) -> Any:
 
 def test_task_stream_lanes_bars_hover_and_live(page, server, user):
     root = get_id_from_user(user)
-    done = add_job(root, "short one", status="Success", date_created=local(600),
-                   date_start=local(590), date_end=local(530), engine="engine 0 (h:1)")
-    failed = add_job(root, "broken one", status="Failed", date_created=local(600),
-                     date_start=local(520), date_end=local(500), engine="engine 1 (h:2)")
-    running = add_job(root, "still going", status="epoch 3/10", date_created=local(400),
-                      date_start=local(300), engine="engine 0 (h:1)")
+    done = add_job(
+        root,
+        "short one",
+        status="Success",
+        date_created=local(600),
+        date_start=local(590),
+        date_end=local(530),
+        engine="engine 0 (h:1)",
+    )
+    failed = add_job(
+        root,
+        "broken one",
+        status="Failed",
+        date_created=local(600),
+        date_start=local(520),
+        date_end=local(500),
+        engine="engine 1 (h:2)",
+    )
+    running = add_job(
+        root,
+        "still going",
+        status="epoch 3/10",
+        date_created=local(400),
+        date_start=local(300),
+        engine="engine 0 (h:1)",
+    )
     add_job(root, "waiting", date_created=local(100))  # never started: no bar
     log_in(page, server)
     stream = page.locator(".moi-stream")
@@ -95,7 +115,8 @@ def test_task_stream_lanes_bars_hover_and_live(page, server, user):
         """ids => ids.map(id => {
             const c = moi_charts.charts[0], p = c.barPosition(id), u = c.stream;
             const r = u.over.getBoundingClientRect(), k = devicePixelRatio;
-            const x = Math.round((p.x - r.left) * k + u.bbox.left), y = Math.round((p.y - r.top) * k + u.bbox.top);
+            const x = Math.round((p.x - r.left) * k + u.bbox.left);
+            const y = Math.round((p.y - r.top) * k + u.bbox.top);
             return Array.from(u.ctx.getImageData(x, y, 1, 1).data.slice(0, 3));
         })""",
         [done, failed, running],
@@ -114,7 +135,9 @@ def test_task_stream_lanes_bars_hover_and_live(page, server, user):
 
     # live: a job starting on a third engine adds a bar and a lane
     fresh = add_job(root, "new one", date_created=local(5))
-    runtime.store().update(fresh, {"status": "Running", "date_start": local(1), "engine": "engine 2 (h:3)"})
+    runtime.store().update(
+        fresh, {"status": "Running", "date_start": local(1), "engine": "engine 2 (h:3)"}
+    )
     expect(stream).to_have_attribute("data-bars", "4", timeout=LIVE)
     expect(stream).to_have_attribute("data-lanes", "3")
     runtime.store().update(running, {"status": "Success", "date_end": local(0)})
@@ -127,8 +150,15 @@ def test_task_stream_lanes_bars_hover_and_live(page, server, user):
 def test_stream_keeps_the_last_jobs_only(page, server, user):
     root = get_id_from_user(user)
     for n in range(12):
-        add_job(root, f"job {n}", status="Success", date_created=local(100 - n),
-                date_start=local(100 - n), date_end=local(99 - n), engine="engine 0")
+        add_job(
+            root,
+            f"job {n}",
+            status="Success",
+            date_created=local(100 - n),
+            date_start=local(100 - n),
+            date_end=local(99 - n),
+            engine="engine 0",
+        )
     log_in(page, server)
     stream = page.locator(".moi-stream")
     expect(stream).to_have_attribute("data-bars", "12", timeout=LIVE)
@@ -140,17 +170,31 @@ def test_stream_keeps_the_last_jobs_only(page, server, user):
 
 def test_counts_over_the_last_hour_follow_the_jobs(page, server, user):
     root = get_id_from_user(user)
-    add_job(root, "old success", status="Success", date_created=local(3000),
-            date_start=local(2990), date_end=local(2900))
-    add_job(root, "failed lately", status="Failed", date_created=local(700),
-            date_start=local(650), date_end=local(610))
+    add_job(
+        root,
+        "old success",
+        status="Success",
+        date_created=local(3000),
+        date_start=local(2990),
+        date_end=local(2900),
+    )
+    add_job(
+        root,
+        "failed lately",
+        status="Failed",
+        date_created=local(700),
+        date_start=local(650),
+        date_end=local(610),
+    )
     queued = add_job(root, "queued", date_created=local(200))
     log_in(page, server)
     history = page.locator(".moi-history")
     expect(history).to_have_attribute(
         "data-latest",
-        json.dumps({"Queued": 1, "Running": 0, "Success": 1, "Failed": 1, "Cancelled": 0,
-                    "Pending": 0}, separators=(",", ":")),
+        json.dumps(
+            {"Queued": 1, "Running": 0, "Success": 1, "Failed": 1, "Cancelled": 0, "Pending": 0},
+            separators=(",", ":"),
+        ),
         timeout=LIVE,
     )
     expect(history.locator("canvas")).to_have_count(1)
@@ -165,8 +209,10 @@ def test_counts_over_the_last_hour_follow_the_jobs(page, server, user):
     runtime.store().update(queued, {"status": "Running", "date_start": local(0)})
     expect(history).to_have_attribute(
         "data-latest",
-        json.dumps({"Queued": 0, "Running": 1, "Success": 1, "Failed": 1, "Cancelled": 0,
-                    "Pending": 0}, separators=(",", ":")),
+        json.dumps(
+            {"Queued": 0, "Running": 1, "Success": 1, "Failed": 1, "Cancelled": 0, "Pending": 0},
+            separators=(",", ":"),
+        ),
         timeout=LIVE,
     )
 

@@ -31,7 +31,6 @@ from moi.group import create_info, get_id_from_user, new_id
 from moi.relay import Relay
 from moi.websocket import MOIMessageHandler
 
-
 # -- batched frames over the websocket -----------------------------------------------------
 SECRET = "panel-scale-secret"
 
@@ -46,8 +45,9 @@ class BatchCase(AsyncHTTPTestCase):
 
     def get_app(self) -> Application:
         self.relay = Relay(runtime.redis_url(), runtime.settings().key_timeout)
-        return Application([(r"/moi-ws/", MOIMessageHandler, {"relay": self.relay})],
-                           cookie_secret=SECRET)
+        return Application(
+            [(r"/moi-ws/", MOIMessageHandler, {"relay": self.relay})], cookie_secret=SECRET
+        )
 
     def tearDown(self) -> None:
         self.io_loop.run_sync(self.relay.stop)
@@ -219,8 +219,13 @@ def test_ten_thousand_jobs_all_counted_with_a_bounded_page(page, serve, user):
     shown = page.locator("#moi-panel .moi-shown")
     expect(shown).to_have_attribute("data-matching", "10000", timeout=LIVE)
     counts = page.evaluate("moi_list.counts()")
-    assert counts == {"Queued": 1666, "Running": 1667, "Success": 3334, "Failed": 1667,
-                      "Cancelled": 1666}
+    assert counts == {
+        "Queued": 1666,
+        "Running": 1667,
+        "Success": 3334,
+        "Failed": 1667,
+        "Cancelled": 1666,
+    }
     # only what can be seen is in the page: 50 folded groups, no job rows
     elements = page.evaluate("document.querySelectorAll('#moi-panel *').length")
     assert elements < 1500, elements  # the 1.0 panel held ~91,000
@@ -382,8 +387,10 @@ def test_refused_submit_keeps_the_input(page, serve):
 # -- buttons for the job service ---------------------------------------------------------
 def test_retry_run_and_log_buttons(page, serve, user):
     root = get_id_from_user(user)
-    ids = {s: add_job(root, s, status=s) for s in ("Success", "Failed", "Cancelled", "Pending",
-                                                   "Running", "Queued")}
+    ids = {
+        s: add_job(root, s, status=s)
+        for s in ("Success", "Failed", "Cancelled", "Pending", "Running", "Queued")
+    }
     page.add_init_script(
         "window.moi_log = {open(id, el) { window.__log = id; el.textContent = 'log of ' + id; }};"
     )
@@ -432,7 +439,9 @@ def test_read_only_hides_retry_and_run_but_keeps_log(page, serve, user):
     page.add_init_script("window.moi_log = {open(id, el) { window.__log = id; }};")
     server = serve(read_only=True)
     log_in(page, server)
-    expect(panel_row(page, failed).locator(".moi-status")).to_have_attribute("data-status", "Failed")
+    expect(panel_row(page, failed).locator(".moi-status")).to_have_attribute(
+        "data-status", "Failed"
+    )
     expect(panel_row(page, pending).locator(".moi-status")).to_have_text("Pending")
     assert page.locator("#moi-panel .moi-retry, #moi-panel .moi-run").count() == 0
     panel_row(page, failed).locator(".moi-log").click()  # reading a log changes nothing
