@@ -8,8 +8,9 @@ Server -> client: ``{"get"|"add"|"update"|"remove": info}`` and
 
 Batched frames: a client that sends ``{"batch": true}`` (``moi.js`` does, first
 thing after every connect) gets, from then on, ``{"batch": [frame, ...]}``
-instead: the same frames, in the same order, gathered for at most
-:data:`BATCH_DELAY` seconds or :data:`BATCH_FRAMES` frames, so a tree of
+instead: the same frames, in the same order, at most one message every
+:data:`BATCH_DELAY` seconds (a change after a quiet spell leaves at once) or
+one per :data:`BATCH_FRAMES` frames, so a tree of
 100,000 nodes arrives in a few dozen messages and 500 changes a second in
 at most 50.  ``{"batch": false}`` goes back to one frame per message.  A
 client that never asks gets exactly the original protocol, one frame per
@@ -30,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from functools import partial
 from typing import Any
 
@@ -54,7 +56,7 @@ MAX_BUFFERED = 8 * 1024 * 1024
 DRAIN_TIMEOUT = 30.0
 #: Close code for a browser too slow to keep up ("try again later").
 SLOW_CLIENT = 1013
-#: Longest a frame waits to be sent in a batch (batching clients only).
+#: Shortest time between two batches to one client (batching clients only).
 BATCH_DELAY = 0.02
 #: Most frames in one batch; a full batch is sent at once.
 BATCH_FRAMES = 2000
@@ -99,6 +101,7 @@ class MOIMessageHandler(WebSocketHandler):
         self.batching = False  # the client asked for {"batch": [...]} messages
         self._batch: list[str] = []  # encoded frames waiting to go out in one message
         self._batch_timer: object | None = None
+        self._last_flush = 0.0  # time.monotonic() of the last batch sent
 
     def get_current_user(self) -> str | None:
         """The user name from the secure cookie ``user`` (see :func:`cookie_user`)."""
@@ -162,7 +165,10 @@ class MOIMessageHandler(WebSocketHandler):
             if len(self._batch) >= BATCH_FRAMES:
                 self.flush_batch()
             elif self._batch_timer is None:
-                self._batch_timer = IOLoop.current().call_later(BATCH_DELAY, self.flush_batch)
+                # the first frame after a quiet spell leaves at once (with whatever the
+                # loop adds this turn); later ones wait until BATCH_DELAY after the last batch
+                wait = max(0.0, self._last_flush + BATCH_DELAY - time.monotonic())
+                self._batch_timer = IOLoop.current().call_later(wait, self.flush_batch)
             return
         self._write(message)
 
@@ -173,6 +179,7 @@ class MOIMessageHandler(WebSocketHandler):
             self._batch.clear()
             return
         frames, self._batch = self._batch, []
+        self._last_flush = time.monotonic()
         self._write('{"batch":[' + ",".join(frames) + "]}")
 
     def _cancel_batch_timer(self) -> None:
