@@ -13,7 +13,8 @@ would take hours: it grows quadratically).
 ``panel_update_under_load``: p99 milliseconds from a Redis write (an
 ``update`` of a job on screen) to the frame drawing it, measured in the page
 (a ``MutationObserver`` sees the row change, which the panel makes in a
-``requestAnimationFrame`` callback: that frame paints it), while :data:`LOAD_RATE` other changes per second arrive.
+``requestAnimationFrame`` callback: that frame paints it), while
+:data:`LOAD_RATE` other changes per second arrive.
 
 Usage on its own: ``python benchmarks/panel.py [--quick]`` (starts Redis; no cluster needed).
 """
