@@ -530,7 +530,9 @@
       return node.kids.size <= this.collapseAbove || (this.filtering() && node.mc <= this.collapseAbove);
     }
 
+    /** Redraw the row of `id` at the next frame (if it is drawn: a new row is drawn fresh). */
     markRow(id) {
+      if (!this.rows.has(id)) return;
       this.dirtyRows.add(id);
       this.schedule();
     }
