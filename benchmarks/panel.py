@@ -289,6 +289,8 @@ def run(quick: bool = False) -> list[Result]:
                 if jobs <= 10_000:
                     baseline_10k = load_baseline(browser, login, jobs)
                     base_note = "baseline: the 1.0 panel (one get frame per node)"
+                    if baseline_10k >= BASELINE_TIMEOUT_S * 1000:
+                        base_note += f", cut short at {BASELINE_TIMEOUT_S:.0f} s (the bound)"
                 else:
                     base_note = (
                         "baseline: the 1.0 panel at 10,000 jobs, a lower bound (it grows "
