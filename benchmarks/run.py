@@ -17,6 +17,7 @@ import api
 import chaining
 import logs
 import peers
+import panel
 import push
 import submit_overhead
 import tree_read
@@ -32,6 +33,7 @@ SUITES = {
     "logs": logs,
     "peers": peers,
     "api": api,
+    "panel": panel,
 }
 
 

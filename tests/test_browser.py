@@ -295,7 +295,9 @@ def test_moi_resyncs_after_every_connect_and_backs_off(fake):
     # closed for good: nothing reconnects, and init works again
     fake.wait_for_timeout(100)  # longer than the 20 ms back-off: a reconnect would show
     assert fake.evaluate("window.__sockets.length") == 2
-    fake.evaluate("moi.init('root', 'other:1', null, null, null, {initialGet: false, batch: false})")
+    fake.evaluate(
+        "moi.init('root', 'other:1', null, null, null, {initialGet: false, batch: false})"
+    )
     fake.evaluate("window.sock()._open()")
     assert fake.evaluate("window.sock().url") == "ws://other:1/moi-ws/"
     assert sent(fake) == []

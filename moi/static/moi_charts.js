@@ -49,7 +49,8 @@
       this.div = div;
       this.lastJobs = options.lastJobs || 1000;
       this.minutes = options.minutes || 60;
-      this.jobs = new Map();   // id -> bar {id, name, status, key, lane, start, end} (started jobs)
+      this.jobs = new Map();   // id -> info object of a job that started
+      this.parsed = new WeakMap();  // info object -> [created, start, end] (a change is a new object)
       this.lanes = [];
       this.bars = [];
       this.streamTimer = null;
@@ -138,28 +139,41 @@
       return date ? date.getTime() + this.panel.skew : null;
     }
 
+    /** Note a job's change: only which jobs started (dates are parsed when drawn). */
     onJob(info, before) {
       if (info === null) {
         if (before) this.jobs.delete(before.id);
+      } else if (typeof info.date_start === "string" && info.date_start) {
+        this.jobs.set(info.id, info);
       } else {
-        const start = this.when(info.date_start);
-        if (start === null) {
-          this.jobs.delete(info.id);
-        } else {
-          const status = info.status === null || info.status === undefined ? "" : String(info.status);
-          this.jobs.set(info.id, {
-            id: info.id,
-            name: info.name === null || info.name === undefined ? "(unnamed)" : String(info.name),
-            status,
-            key: root.moi_list.countKey(status),
-            lane: typeof info.engine === "string" && info.engine ? info.engine : NO_ENGINE,
-            start,
-            end: this.when(info.date_end),
-          });
-        }
+        this.jobs.delete(info.id);
       }
       this.scheduleStream();
       this.scheduleHistory();
+    }
+
+    /** [created, start, end] in browser time (ms or null) of an info object, parsed once. */
+    times(info) {
+      let found = this.parsed.get(info);
+      if (found === undefined) {
+        found = [this.when(info.date_created), this.when(info.date_start), this.when(info.date_end)];
+        this.parsed.set(info, found);
+      }
+      return found;
+    }
+
+    bar(info) {
+      const status = info.status === null || info.status === undefined ? "" : String(info.status);
+      const [, start, end] = this.times(info);
+      return {
+        id: info.id,
+        name: info.name === null || info.name === undefined ? "(unnamed)" : String(info.name),
+        status,
+        key: root.moi_list.countKey(status),
+        lane: typeof info.engine === "string" && info.engine ? info.engine : NO_ENGINE,
+        start,
+        end,
+      };
     }
 
     scheduleStream() {
@@ -173,12 +187,14 @@
     /** Keep the last `lastJobs` jobs to start; lanes are their engines. */
     drawStream() {
       this.streamTimer = null;
-      let bars = [...this.jobs.values()];
-      if (bars.length > this.lastJobs) {
-        bars.sort((a, b) => b.start - a.start);
-        bars = bars.slice(0, this.lastJobs);
-        this.jobs = new Map(bars.map((b) => [b.id, b]));
+      let infos = [...this.jobs.values()];
+      if (infos.length > this.lastJobs) {
+        // the server's date strings sort as text: no parsing of jobs left out
+        infos.sort((a, b) => (a.date_start < b.date_start ? 1 : a.date_start > b.date_start ? -1 : 0));
+        infos = infos.slice(0, this.lastJobs);
+        this.jobs = new Map(infos.map((i) => [i.id, i]));
       }
+      const bars = infos.map((i) => this.bar(i)).filter((b) => b.start !== null);
       const lanes = [...new Set(bars.map((b) => b.lane))].sort();
       const index = new Map(lanes.map((l, i) => [l, i]));
       const now = Date.now();
@@ -291,9 +307,7 @@
         if (node.isGroup) continue;
         const info = node.info;
         const key = root.moi_list.countKey(info.status);
-        const created = this.when(info.date_created);
-        const start = this.when(info.date_start);
-        const end = this.when(info.date_end);
+        const [created, start, end] = this.times(info);
         const waiting = key === "Pending" ? "Pending" : "Queued";
         span(waiting, created, start ?? end);
         if (start !== null) span("Running", start, end);

@@ -476,7 +476,10 @@
     addMatch(group, delta) {
       for (let g = group; g; g = g.parent) {
         g.mc += delta;
-        if (g.parent) this.markList(g.parent.id);
+        if (g.parent) {
+          this.markList(g.parent.id);
+          this.markRow(g.id);
+        }
       }
       this.matchDirty = true;
     }
@@ -504,7 +507,7 @@
       }
       this.pages.clear();
       this.markList(this.groupId);
-      for (const id of this.rows.keys()) if (this.nodes.get(id)?.isGroup) this.markList(id);
+      for (const id of this.rows.keys()) if (this.nodes.get(id)?.isGroup) this.markRow(id);
       this.matchDirty = true;
       this.schedule();
     }
@@ -527,7 +530,9 @@
       return node.kids.size <= this.collapseAbove || (this.filtering() && node.mc <= this.collapseAbove);
     }
 
+    /** Redraw the row of `id` at the next frame (if it is drawn: a new row is drawn fresh). */
     markRow(id) {
+      if (!this.rows.has(id)) return;
       this.dirtyRows.add(id);
       this.schedule();
     }
@@ -560,7 +565,10 @@
         if (id === this.groupId) continue;
         const row = this.rows.get(id);
         const node = this.nodes.get(id);
-        if (row && node && row.details.open) this.renderList(node, row.list, row.pager);
+        if (row && node && !row.fresh) {
+          this.renderGroup(node, row);  // opens or folds it as need be, then its page
+          rows.delete(id);
+        }
       }
       for (const id of rows) {
         const row = this.rows.get(id);
@@ -774,7 +782,6 @@
         this.ticking.delete(info.id);
         parts.elapsed.textContent = start && end ? formatElapsed(end - start, true) : "";
       }
-      if (info.probe !== undefined) el.dataset.probe = String(info.probe);
     }
 
     renderElapsed(node, row) {
