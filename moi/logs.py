@@ -44,7 +44,7 @@ MAX_BYTES = 1 << 20
 #: Longest line kept; a longer one is cut, ending with :data:`CUT`.
 MAX_LINE = 16 * 1024
 CUT = " [line cut: longer than 16 KiB]"
-#: Seconds between two shipments of a running job's lines.
+#: Shortest time between two shipments of a running job's lines (seconds).
 FLUSH_INTERVAL = 0.02
 #: After a shipment of this many lines, the next waits :data:`FLOOD_INTERVAL` seconds.
 FLOOD_LINES, FLOOD_INTERVAL = 1_000, 0.1
@@ -206,7 +206,7 @@ class Capture:
 
     def __init__(self, client: redis.Redis, job_id: str, ttl: int, context: str) -> None:
         self.job_id, self.context, self.ttl = job_id, context, ttl
-        self._append = client.register_script(APPEND)
+        self._append = _append_script(client)
         # text written and not yet split into lines; stdout and stderr mix as in a terminal
         # (2>&1).  Writers only append; the shipper takes a prefix (atomic list operations)
         self._written: list[str] = []
@@ -214,9 +214,12 @@ class Capture:
         self._sending = threading.Lock()
         self._started = time.monotonic()
         self._restore: list[tuple[str, Any, _Tee]] = []
+        self._arrived: Callable[[], None] = _shipper().lines.set
 
     def feed(self, text: str) -> None:
         """Take ``text`` written to the job's stdout or stderr."""
+        if not self._written:  # the first since the last shipment: wake the shipper
+            self._arrived()
         self._written.append(text)
 
     def flush(self, final: bool = False) -> int:
@@ -264,6 +267,7 @@ class Capture:
         """Stop teeing and ship what is left (before the job's final status is written)."""
         _shipper().idle(self)
         for name, original, tee in reversed(self._restore):
+            tee._feed = _ignore  # a stream kept by the job's code (a log handler) writes on
             if getattr(sys, name) is tee:
                 setattr(sys, name, original)
         self._restore = []
@@ -308,11 +312,16 @@ class _Tee:
 
 
 class _Shipper(threading.Thread):
-    """Ships the running job's lines every :data:`FLUSH_INTERVAL` s, and the counters."""
+    """Ships the running job's lines as they come (at most every :data:`FLUSH_INTERVAL` s).
+
+    Also sends the counters every :data:`STATS_INTERVAL` s.
+    """
 
     def __init__(self) -> None:
         super().__init__(name="moi-log-shipper", daemon=True)
         self._wake = threading.Event()
+        #: Set when a running job wrote something and nothing was waiting to be shipped.
+        self.lines = threading.Event()
         self._lock = threading.Lock()
         self._capture: Capture | None = None
         self._client: redis.Redis | None = None
@@ -323,6 +332,7 @@ class _Shipper(threading.Thread):
         with self._lock:
             self._capture, self._client = capture, client
         self._wake.set()
+        self.lines.set()
 
     def idle(self, capture: Capture) -> None:
         with self._lock:
@@ -338,7 +348,7 @@ class _Shipper(threading.Thread):
         self._wake.set()
 
     def run(self) -> None:
-        last_stats, shipped = time.monotonic(), 0
+        last_stats, last_ship, shipped = time.monotonic(), 0.0, 0
         while True:
             with self._lock:
                 capture = self._capture
@@ -348,9 +358,14 @@ class _Shipper(threading.Thread):
                 continue
             if capture is None:
                 time.sleep(STATS_INTERVAL)
-            else:  # a flood of output is shipped in fewer, larger batches
-                time.sleep(FLOOD_INTERVAL if shipped >= FLOOD_LINES else FLUSH_INTERVAL)
-                shipped = capture.flush()
+            else:
+                if not capture._written:  # lines are shipped as soon as they come...
+                    self.lines.wait(STATS_INTERVAL)
+                self.lines.clear()
+                # ...but at most every FLUSH_INTERVAL s, and a flood in fewer, larger batches
+                pause = FLOOD_INTERVAL if shipped >= FLOOD_LINES else FLUSH_INTERVAL
+                time.sleep(max(0.0, last_ship + pause - time.monotonic()))
+                last_ship, shipped = time.monotonic(), capture.flush()
             if time.monotonic() - last_stats >= STATS_INTERVAL:
                 last_stats = time.monotonic()
                 self._send_counts()
@@ -375,6 +390,15 @@ class _Shipper(threading.Thread):
 @functools.cache
 def _client(redis_url: str) -> redis.Redis:
     return connection.client(redis_url)
+
+
+@functools.cache
+def _append_script(client: redis.Redis) -> Any:
+    return client.register_script(APPEND)
+
+
+def _ignore(text: str) -> None:
+    """What a tee feeds once its job has ended."""
 
 
 _the_shipper: _Shipper | None = None
@@ -606,18 +630,17 @@ class LogHub:
 
     async def watch(self, job_id: str, follower: LogFollower) -> None:
         """Deliver ``job_id``'s batches to ``follower`` (returns once subscribed)."""
-        if self._task is None:
+        if self._pubsub is None:
             self._pubsub = connection.async_client(self._url).pubsub()
-            await self._pubsub.subscribe(keys.RELAY_CHANNEL)
-            self._task = asyncio.ensure_future(self._listen())
         followers = self._followers.setdefault(job_id, set())
         followers.add(follower)
         channel = keys.log_channel(job_id)
         if len(followers) == 1:
             future = asyncio.get_running_loop().create_future()
             self._confirming[channel] = future
-            assert self._pubsub is not None
             await self._pubsub.subscribe(channel)
+        if self._task is None:  # listen once something is subscribed
+            self._task = asyncio.ensure_future(self._listen())
         pending = self._confirming.get(channel)
         if pending is not None:
             await asyncio.wait([pending], timeout=5)
@@ -675,7 +698,7 @@ class LogHub:
                 await self._pubsub.aclose()
             self._pubsub = connection.async_client(self._url).pubsub()
             channels = [keys.RELAY_CHANNEL, *map(keys.log_channel, self._followers)]
-            await self._pubsub.subscribe(*channels)
+            await self._pubsub.subscribe(*channels)  # the first keeps the connection up
         except (redis.RedisError, OSError) as exc:
             log.warning("cannot resubscribe the log channels yet: %s", exc)
             return
