@@ -30,7 +30,7 @@ from typing import Any
 
 from results import Result, interleaved
 
-ROUNDS = 5
+ROUNDS = 7
 #: A line every this many seconds in the latency job.
 PERIOD = 0.02
 

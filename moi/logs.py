@@ -267,7 +267,7 @@ class Capture:
         """Stop teeing and ship what is left (before the job's final status is written)."""
         _shipper().idle(self)
         for name, original, tee in reversed(self._restore):
-            tee._feed = _ignore  # a stream kept by the job's code (a log handler) writes on
+            tee._written = _VOID  # a stream kept by the job's code (a log handler) writes on
             if getattr(sys, name) is tee:
                 setattr(sys, name, original)
         self._restore = []
@@ -296,11 +296,15 @@ class _Tee:
     """A text stream that also hands what is written to a :class:`Capture`."""
 
     def __init__(self, stream: Any, capture: Capture) -> None:
-        self._stream, self._feed = stream, capture.feed
+        self._stream, self._arrived = stream, capture._arrived
+        self._written: Any = capture._written
 
     def write(self, text: str) -> Any:
         written = self._stream.write(text)  # raises for what the stream does not take
-        self._feed(text)
+        buffer = self._written  # Capture.feed, inlined: this runs for every write of a job
+        if not buffer:
+            self._arrived()
+        buffer.append(text)
         return written
 
     def writelines(self, lines: Any) -> None:
@@ -397,8 +401,17 @@ def _append_script(client: redis.Redis) -> Any:
     return client.register_script(APPEND)
 
 
-def _ignore(text: str) -> None:
-    """What a tee feeds once its job has ended."""
+class _Void:
+    """Where a tee writes once its job has ended: nowhere."""
+
+    def __bool__(self) -> bool:
+        return True
+
+    def append(self, text: str) -> None:
+        pass
+
+
+_VOID = _Void()
 
 
 _the_shipper: _Shipper | None = None
