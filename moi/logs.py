@@ -98,7 +98,8 @@ end
 redis.call('HSET', KEYS[2], 'bytes', bytes)
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
-if n > 0 then
+-- nobody watching: nothing to encode
+if n > 0 and redis.call('PUBSUB', 'NUMSUB', KEYS[3])[2] > 0 then
   redis.call('PUBLISH', KEYS[3], cjson.encode({start = total - n, lines = lines}))
 end
 return total
