@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import json
 import logging
 import os
@@ -44,6 +45,8 @@ MAX_BYTES = 1 << 20
 #: Longest line kept; a longer one is cut, ending with :data:`CUT`.
 MAX_LINE = 16 * 1024
 CUT = " [line cut: longer than 16 KiB]"
+#: Seconds between two looks at what a running job wrote (passed on, then shipped).
+DRAIN_INTERVAL = 0.01
 #: Shortest time between two shipments of a running job's lines (seconds).
 FLUSH_INTERVAL = 0.02
 #: After a shipment of this many lines, the next waits :data:`FLOOD_INTERVAL` seconds.
@@ -214,8 +217,13 @@ class Capture:
         self._partial = ""
         self._sending = threading.Lock()
         self._started = time.monotonic()
-        self._restore: list[tuple[str, Any, _Tee]] = []
+        self._restore: list[tuple[str, Any, _Tee | _ErrTee]] = []
         self._arrived: Callable[[], None] = _shipper().lines.set
+
+    def drain(self) -> None:
+        """Pass what the job wrote on to the original streams, and take it for shipping."""
+        for _, _, tee in self._restore:
+            tee.drain()
 
     def feed(self, text: str) -> None:
         """Take ``text`` written to the job's stdout or stderr."""
@@ -267,8 +275,8 @@ class Capture:
     def stop(self) -> None:
         """Stop teeing and ship what is left (before the job's final status is written)."""
         _shipper().idle(self)
-        for name, original, tee in reversed(self._restore):
-            tee._written = _VOID  # a stream kept by the job's code (a log handler) writes on
+        for name, original, tee in self._restore:  # stdout first: it may hold older text
+            tee.release()  # a stream the job's code kept (a log handler) now writes through
             if getattr(sys, name) is tee:
                 setattr(sys, name, original)
         self._restore = []
@@ -294,23 +302,91 @@ class Capture:
 
 
 class _Tee:
-    """A text stream that also hands what is written to a :class:`Capture`."""
+    """A text stream that passes what is written on to ``stream`` and to a :class:`Capture`.
+
+    ``write`` is a ``StringIO``'s own (C) method: a job's ``print`` costs no
+    Python call more than without moi.  The shipping thread drains
+    it every :data:`DRAIN_INTERVAL` seconds (and ``flush()`` at once),
+    writing the text on to the original stream (so it still reaches
+    ``ar.stdout``) and handing it to the capture.
+    """
 
     def __init__(self, stream: Any, capture: Capture) -> None:
-        self._stream, self._arrived = stream, capture._arrived
-        self._written: Any = capture._written
+        self._stream, self._capture = stream, capture
+        self._lock = threading.Lock()
+        self._buffer = io.StringIO(newline="")
+        self.write: Callable[[str], int] = self._buffer.write
+        # a writer that looked ``write`` up just before a drain swapped buffers
+        # writes into the old one: it is read once more at the next drain
+        self._retired: tuple[io.StringIO, int] | None = None
+        self._closed = False
+
+    def drain(self) -> None:
+        """Pass the text written since the last drain on to the stream and the capture."""
+        with self._lock:
+            if self._closed:
+                return
+            old, retired = self._buffer, self._retired
+            late = "" if retired is None else retired[0].getvalue()[retired[1] :]
+            if not old.tell() and not late:
+                return
+            self._buffer = io.StringIO(newline="")
+            self.write = self._buffer.write
+            value = old.getvalue()
+            self._retired = (old, len(value))
+            text = late + value
+            if text:
+                self._stream.write(text)
+                self._capture.feed(text)
+
+    def flush(self) -> None:
+        self.drain()
+        self._stream.flush()
+
+    def writelines(self, lines: Any) -> None:
+        for text in lines:
+            self.write(text)
+
+    def release(self) -> None:
+        """Drain for the last time; from now on writes go straight to the stream."""
+        self.drain()
+        with self._lock:
+            self._closed = True
+            self.write = self._stream.write
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class _ErrTee:
+    """``sys.stderr`` during a job: passes each write on at once, after the stdout before it.
+
+    Writes to stderr are rarer than to stdout; passing them on at once, after
+    draining stdout, keeps the order of the two in the capture.
+    """
+
+    def __init__(self, stream: Any, capture: Capture, stdout: _Tee) -> None:
+        self._stream, self._capture, self._stdout = stream, capture, stdout
+        self._released = False
 
     def write(self, text: str) -> Any:
+        if self._released:
+            return self._stream.write(text)
+        self._stdout.drain()
         written = self._stream.write(text)  # raises for what the stream does not take
-        buffer = self._written  # Capture.feed, inlined: this runs for every write of a job
-        if not buffer:
-            self._arrived()
-        buffer.append(text)
+        self._capture.feed(text)
         return written
 
     def writelines(self, lines: Any) -> None:
         for text in lines:
             self.write(text)
+
+    def drain(self) -> None:
+        """Nothing waits here: every write was passed on."""
+
+    def release(self) -> None:
+        """From now on writes go straight to the stream."""
+        self._released = True
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
@@ -363,14 +439,14 @@ class _Shipper(threading.Thread):
                 continue
             if capture is None:
                 time.sleep(STATS_INTERVAL)
-            else:
-                if not capture._written:  # lines are shipped as soon as they come...
-                    self.lines.wait(STATS_INTERVAL)
+            else:  # a flush() or a command's line wakes it sooner
+                self.lines.wait(DRAIN_INTERVAL)
                 self.lines.clear()
-                # ...but at most every FLUSH_INTERVAL s, and a flood in fewer, larger batches
+                capture.drain()
+                # lines ship at most every FLUSH_INTERVAL s, a flood in fewer, larger batches
                 pause = FLOOD_INTERVAL if shipped >= FLOOD_LINES else FLUSH_INTERVAL
-                time.sleep(max(0.0, last_ship + pause - time.monotonic()))
-                last_ship, shipped = time.monotonic(), capture.flush()
+                if capture._written and time.monotonic() >= last_ship + pause:
+                    last_ship, shipped = time.monotonic(), capture.flush()
             if time.monotonic() - last_stats >= STATS_INTERVAL:
                 last_stats = time.monotonic()
                 self._send_counts()
@@ -402,17 +478,6 @@ def _append_script(client: redis.Redis) -> Any:
     return client.register_script(APPEND)
 
 
-class _Void:
-    """Where a tee writes once its job has ended: nowhere."""
-
-    def __bool__(self) -> bool:
-        return True
-
-    def append(self, text: str) -> None:
-        pass
-
-
-_VOID = _Void()
 
 
 _the_shipper: _Shipper | None = None
@@ -444,11 +509,10 @@ def start(redis_url: str, job_id: str, ttl: int, context: str) -> Capture:
     client = _client(redis_url)
     capture = Capture(client, job_id, ttl, context)
     if enabled():
-        for name in ("stdout", "stderr"):
-            original = getattr(sys, name)
-            tee = _Tee(original, capture)
-            capture._restore.append((name, original, tee))
-            setattr(sys, name, tee)
+        out = _Tee(sys.stdout, capture)
+        err = _ErrTee(sys.stderr, capture, out)
+        capture._restore += [("stdout", sys.stdout, out), ("stderr", sys.stderr, err)]
+        sys.stdout, sys.stderr = out, err  # type: ignore[assignment]
         _current = capture
     _shipper().busy(capture, client)
     return capture
