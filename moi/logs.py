@@ -48,7 +48,7 @@ CUT = " [line cut: longer than 16 KiB]"
 #: Seconds between two looks at what a running job wrote (passed on, then shipped).
 DRAIN_INTERVAL = 0.01
 #: Shortest time between two shipments of a running job's lines (seconds).
-FLUSH_INTERVAL = 0.02
+FLUSH_INTERVAL = 0.01
 #: After a shipment of this many lines, the next waits :data:`FLOOD_INTERVAL` seconds.
 FLOOD_LINES, FLOOD_INTERVAL = 1_000, 0.1
 #: Most lines per script call (a larger shipment is split).
@@ -439,12 +439,13 @@ class _Shipper(threading.Thread):
                 continue
             if capture is None:
                 time.sleep(STATS_INTERVAL)
-            else:  # a flush() or a command's line wakes it sooner
-                self.lines.wait(DRAIN_INTERVAL)
-                self.lines.clear()
-                capture.drain()
+            else:
                 # lines ship at most every FLUSH_INTERVAL s, a flood in fewer, larger batches
                 pause = FLOOD_INTERVAL if shipped >= FLOOD_LINES else FLUSH_INTERVAL
+                due = last_ship + pause - time.monotonic() if capture._written else 1.0
+                self.lines.wait(max(0.0, min(DRAIN_INTERVAL, due)))  # a flush() wakes it sooner
+                self.lines.clear()
+                capture.drain()
                 if capture._written and time.monotonic() >= last_ship + pause:
                     last_ship, shipped = time.monotonic(), capture.flush()
             if time.monotonic() - last_stats >= STATS_INTERVAL:

@@ -165,6 +165,8 @@ def test_a_flood_of_lines_is_published_in_few_batches(moi_env, user):
     assert all(a <= m["start"] for a, m in zip(ends, messages[1:], strict=False))
     assert ends[-1] == 100_000 and messages[-1]["lines"][-1] == "99999"
     assert kept(job_id)["lines"] == [str(i) for i in range(90_000, 100_000)]
+    assert ar.wait_for_output(30)  # every line still reached ipyparallel, in order
+    assert ar.stdout == "".join(f"{i}\n" for i in range(100_000))
 
 
 def test_capture_can_be_turned_off_on_the_engine(moi_env, user):
