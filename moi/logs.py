@@ -519,6 +519,19 @@ def start(redis_url: str, job_id: str, ttl: int, context: str) -> Capture:
     return capture
 
 
+def _after_fork_in_child() -> None:
+    """A forked child writes to the original streams: nothing drains the tees there."""
+    global _current, _the_shipper
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if isinstance(stream, _Tee | _ErrTee):
+            setattr(sys, name, stream._stream)
+    _current = _the_shipper = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def current() -> Capture | None:
     """The capture of the job running in this process, if any."""
     return _current if _current is not None and _current._restore else None
