@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import json
 import logging
 import os
@@ -44,8 +45,10 @@ MAX_BYTES = 1 << 20
 #: Longest line kept; a longer one is cut, ending with :data:`CUT`.
 MAX_LINE = 16 * 1024
 CUT = " [line cut: longer than 16 KiB]"
-#: Seconds between two shipments of a running job's lines.
-FLUSH_INTERVAL = 0.02
+#: Seconds between two looks at what a running job wrote (passed on, then shipped).
+DRAIN_INTERVAL = 0.01
+#: Shortest time between two shipments of a running job's lines (seconds).
+FLUSH_INTERVAL = 0.01
 #: After a shipment of this many lines, the next waits :data:`FLOOD_INTERVAL` seconds.
 FLOOD_LINES, FLOOD_INTERVAL = 1_000, 0.1
 #: Most lines per script call (a larger shipment is split).
@@ -98,7 +101,8 @@ end
 redis.call('HSET', KEYS[2], 'bytes', bytes)
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
-if n > 0 then
+-- nobody watching: nothing to encode
+if n > 0 and redis.call('PUBSUB', 'NUMSUB', KEYS[3])[2] > 0 then
   redis.call('PUBLISH', KEYS[3], cjson.encode({start = total - n, lines = lines}))
 end
 return total
@@ -206,17 +210,25 @@ class Capture:
 
     def __init__(self, client: redis.Redis, job_id: str, ttl: int, context: str) -> None:
         self.job_id, self.context, self.ttl = job_id, context, ttl
-        self._append = client.register_script(APPEND)
+        self._append = _append_script(client)
         # text written and not yet split into lines; stdout and stderr mix as in a terminal
         # (2>&1).  Writers only append; the shipper takes a prefix (atomic list operations)
         self._written: list[str] = []
         self._partial = ""
         self._sending = threading.Lock()
         self._started = time.monotonic()
-        self._restore: list[tuple[str, Any, _Tee]] = []
+        self._restore: list[tuple[str, Any, _Tee | _ErrTee]] = []
+        self._arrived: Callable[[], None] = _shipper().lines.set
+
+    def drain(self) -> None:
+        """Pass what the job wrote on to the original streams, and take it for shipping."""
+        for _, _, tee in self._restore:
+            tee.drain()
 
     def feed(self, text: str) -> None:
         """Take ``text`` written to the job's stdout or stderr."""
+        if not self._written:  # the first since the last shipment: wake the shipper
+            self._arrived()
         self._written.append(text)
 
     def flush(self, final: bool = False) -> int:
@@ -263,7 +275,8 @@ class Capture:
     def stop(self) -> None:
         """Stop teeing and ship what is left (before the job's final status is written)."""
         _shipper().idle(self)
-        for name, original, tee in reversed(self._restore):
+        for name, original, tee in self._restore:  # stdout first: it may hold older text
+            tee.release()  # a stream the job's code kept (a log handler) now writes through
             if getattr(sys, name) is tee:
                 setattr(sys, name, original)
         self._restore = []
@@ -289,30 +302,107 @@ class Capture:
 
 
 class _Tee:
-    """A text stream that also hands what is written to a :class:`Capture`."""
+    """A text stream that passes what is written on to ``stream`` and to a :class:`Capture`.
+
+    ``write`` is a ``StringIO``'s own (C) method: a job's ``print`` costs no
+    Python call more than without moi.  The shipping thread drains
+    it every :data:`DRAIN_INTERVAL` seconds (and ``flush()`` at once),
+    writing the text on to the original stream (so it still reaches
+    ``ar.stdout``) and handing it to the capture.
+    """
 
     def __init__(self, stream: Any, capture: Capture) -> None:
-        self._stream, self._feed = stream, capture.feed
+        self._stream, self._capture = stream, capture
+        self._lock = threading.Lock()
+        self._buffer = io.StringIO(newline="")
+        self.write: Callable[[str], int] = self._buffer.write
+        # a writer that looked ``write`` up just before a drain swapped buffers
+        # writes into the old one: it is read once more at the next drain
+        self._retired: tuple[io.StringIO, int] | None = None
+        self._closed = False
+
+    def drain(self) -> None:
+        """Pass the text written since the last drain on to the stream and the capture."""
+        with self._lock:
+            if self._closed:
+                return
+            old, retired = self._buffer, self._retired
+            late = "" if retired is None else retired[0].getvalue()[retired[1] :]
+            if not old.tell() and not late:
+                return
+            self._buffer = io.StringIO(newline="")
+            self.write = self._buffer.write
+            value = old.getvalue()
+            self._retired = (old, len(value))
+            text = late + value
+            if text:
+                self._stream.write(text)
+                self._capture.feed(text)
+
+    def flush(self) -> None:
+        self.drain()
+        self._stream.flush()
+
+    def writelines(self, lines: Any) -> None:
+        for text in lines:
+            self.write(text)
+
+    def release(self) -> None:
+        """Drain for the last time; from now on writes go straight to the stream."""
+        self.drain()
+        with self._lock:
+            self._closed = True
+            self.write = self._stream.write
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class _ErrTee:
+    """``sys.stderr`` during a job: passes each write on at once, after the stdout before it.
+
+    Writes to stderr are rarer than to stdout; passing them on at once, after
+    draining stdout, keeps the order of the two in the capture.
+    """
+
+    def __init__(self, stream: Any, capture: Capture, stdout: _Tee) -> None:
+        self._stream, self._capture, self._stdout = stream, capture, stdout
+        self._released = False
 
     def write(self, text: str) -> Any:
+        if self._released:
+            return self._stream.write(text)
+        self._stdout.drain()
         written = self._stream.write(text)  # raises for what the stream does not take
-        self._feed(text)
+        self._capture.feed(text)
         return written
 
     def writelines(self, lines: Any) -> None:
         for text in lines:
             self.write(text)
 
+    def drain(self) -> None:
+        """Nothing waits here: every write was passed on."""
+
+    def release(self) -> None:
+        """From now on writes go straight to the stream."""
+        self._released = True
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
 
 class _Shipper(threading.Thread):
-    """Ships the running job's lines every :data:`FLUSH_INTERVAL` s, and the counters."""
+    """Ships the running job's lines as they come (at most every :data:`FLUSH_INTERVAL` s).
+
+    Also sends the counters every :data:`STATS_INTERVAL` s.
+    """
 
     def __init__(self) -> None:
         super().__init__(name="moi-log-shipper", daemon=True)
         self._wake = threading.Event()
+        #: Set when a running job wrote something and nothing was waiting to be shipped.
+        self.lines = threading.Event()
         self._lock = threading.Lock()
         self._capture: Capture | None = None
         self._client: redis.Redis | None = None
@@ -323,6 +413,7 @@ class _Shipper(threading.Thread):
         with self._lock:
             self._capture, self._client = capture, client
         self._wake.set()
+        self.lines.set()
 
     def idle(self, capture: Capture) -> None:
         with self._lock:
@@ -338,7 +429,7 @@ class _Shipper(threading.Thread):
         self._wake.set()
 
     def run(self) -> None:
-        last_stats, shipped = time.monotonic(), 0
+        last_stats, last_ship, shipped = time.monotonic(), 0.0, 0
         while True:
             with self._lock:
                 capture = self._capture
@@ -348,9 +439,15 @@ class _Shipper(threading.Thread):
                 continue
             if capture is None:
                 time.sleep(STATS_INTERVAL)
-            else:  # a flood of output is shipped in fewer, larger batches
-                time.sleep(FLOOD_INTERVAL if shipped >= FLOOD_LINES else FLUSH_INTERVAL)
-                shipped = capture.flush()
+            else:
+                # lines ship at most every FLUSH_INTERVAL s, a flood in fewer, larger batches
+                pause = FLOOD_INTERVAL if shipped >= FLOOD_LINES else FLUSH_INTERVAL
+                due = last_ship + pause - time.monotonic() if capture._written else 1.0
+                self.lines.wait(max(0.0, min(DRAIN_INTERVAL, due)))  # a flush() wakes it sooner
+                self.lines.clear()
+                capture.drain()
+                if capture._written and time.monotonic() >= last_ship + pause:
+                    last_ship, shipped = time.monotonic(), capture.flush()
             if time.monotonic() - last_stats >= STATS_INTERVAL:
                 last_stats = time.monotonic()
                 self._send_counts()
@@ -375,6 +472,13 @@ class _Shipper(threading.Thread):
 @functools.cache
 def _client(redis_url: str) -> redis.Redis:
     return connection.client(redis_url)
+
+
+@functools.cache
+def _append_script(client: redis.Redis) -> Any:
+    return client.register_script(APPEND)
+
+
 
 
 _the_shipper: _Shipper | None = None
@@ -406,14 +510,26 @@ def start(redis_url: str, job_id: str, ttl: int, context: str) -> Capture:
     client = _client(redis_url)
     capture = Capture(client, job_id, ttl, context)
     if enabled():
-        for name in ("stdout", "stderr"):
-            original = getattr(sys, name)
-            tee = _Tee(original, capture)
-            capture._restore.append((name, original, tee))
-            setattr(sys, name, tee)
+        out = _Tee(sys.stdout, capture)
+        err = _ErrTee(sys.stderr, capture, out)
+        capture._restore += [("stdout", sys.stdout, out), ("stderr", sys.stderr, err)]
+        sys.stdout, sys.stderr = out, err  # type: ignore[assignment]
         _current = capture
     _shipper().busy(capture, client)
     return capture
+
+
+def _after_fork_in_child() -> None:
+    """A forked child writes to the original streams: nothing drains the tees there."""
+    global _current, _the_shipper
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if isinstance(stream, _Tee | _ErrTee):
+            setattr(sys, name, stream._stream)
+    _current = _the_shipper = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def current() -> Capture | None:
@@ -606,18 +722,17 @@ class LogHub:
 
     async def watch(self, job_id: str, follower: LogFollower) -> None:
         """Deliver ``job_id``'s batches to ``follower`` (returns once subscribed)."""
-        if self._task is None:
+        if self._pubsub is None:
             self._pubsub = connection.async_client(self._url).pubsub()
-            await self._pubsub.subscribe(keys.RELAY_CHANNEL)
-            self._task = asyncio.ensure_future(self._listen())
         followers = self._followers.setdefault(job_id, set())
         followers.add(follower)
         channel = keys.log_channel(job_id)
         if len(followers) == 1:
             future = asyncio.get_running_loop().create_future()
             self._confirming[channel] = future
-            assert self._pubsub is not None
             await self._pubsub.subscribe(channel)
+        if self._task is None:  # listen once something is subscribed
+            self._task = asyncio.ensure_future(self._listen())
         pending = self._confirming.get(channel)
         if pending is not None:
             await asyncio.wait([pending], timeout=5)
@@ -675,7 +790,7 @@ class LogHub:
                 await self._pubsub.aclose()
             self._pubsub = connection.async_client(self._url).pubsub()
             channels = [keys.RELAY_CHANNEL, *map(keys.log_channel, self._followers)]
-            await self._pubsub.subscribe(*channels)
+            await self._pubsub.subscribe(*channels)  # the first keeps the connection up
         except (redis.RedisError, OSError) as exc:
             log.warning("cannot resubscribe the log channels yet: %s", exc)
             return

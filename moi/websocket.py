@@ -20,6 +20,9 @@ The user comes from the secure cookie ``user`` (override
 :meth:`MOIMessageHandler.get_current_user`); a browser only ever sees and
 changes its own user's tree.
 
+Optional: ``{"log": id, "from": n}`` follows a job's output (:mod:`moi.logs`),
+answered by ``{"log": {"id", "start", "lines", "next"}}`` frames.
+
 A browser is served at its own pace: a large reply waits while more than
 :data:`MAX_BUFFERED` / 4 bytes are queued for it, and a browser that lets
 more than :data:`MAX_BUFFERED` bytes pile up (it stopped reading) is dropped
@@ -167,7 +170,11 @@ class MOIMessageHandler(WebSocketHandler):
         if start is not None:  # "from": null stops following
             follower = logs.LogFollower(logs.get_hub(), job_id, self.send_frame, self.drained)
             self.log_followers[job_id] = follower
-            await follower.start(start)
+            try:
+                await follower.start(start)
+            except RedisError as exc:
+                message = f"log failed: the job store is unreachable ({exc}); try again"
+                self.send_frame({"error": {"message": message, "action": "log", "ids": [job_id]}})
 
     def on_close(self) -> None:
         self._done = True

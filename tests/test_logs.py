@@ -165,6 +165,20 @@ def test_a_flood_of_lines_is_published_in_few_batches(moi_env, user):
     assert all(a <= m["start"] for a, m in zip(ends, messages[1:], strict=False))
     assert ends[-1] == 100_000 and messages[-1]["lines"][-1] == "99999"
     assert kept(job_id)["lines"] == [str(i) for i in range(90_000, 100_000)]
+    assert ar.wait_for_output(30)  # every line still reached ipyparallel, in order
+    assert ar.stdout == "".join(f"{i}\n" for i in range(100_000))
+
+
+def test_a_forked_child_writes_to_the_original_streams(moi_env, user, tmp_path):
+    seen = tmp_path / "child"
+    cmd = (
+        "import os, sys\npid = os.fork()\nif pid == 0:\n"
+        f"    open({str(seen)!r}, 'w').write(type(sys.stdout).__name__)\n    os._exit(0)\n"
+        "os.waitpid(pid, 0)\nreturn type(sys.stdout).__name__"
+    )
+    job_id, ar = run_python(user, cmd)
+    assert ar.get(timeout=60) == "_Tee"  # the job's own process is captured...
+    assert seen.read_text() == "OutStream"  # ...a child, which nothing drains, is not
 
 
 def test_capture_can_be_turned_off_on_the_engine(moi_env, user):

@@ -138,7 +138,9 @@ class Tree:
                     removed = True
             message = self._sub.get_message(timeout=0)
         if removed:  # a subtree went: read it all again
+            known = set(self.nodes)
             self.load()
+            self._subscribe(sorted(set(self.nodes) - known))
             return True
         new = sorted(added - set(self.nodes))
         if new:

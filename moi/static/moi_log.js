@@ -15,7 +15,7 @@
  *   view.close();
  *
  * The view keeps only the last `maxLines` lines in the page, draws at most
- * once per animation frame whatever the rate of frames, renders every line as
+ * once per 16 ms (a frame at 60 Hz) whatever the rate of frames, renders every line as
  * text (never HTML), and reconnects after a lost connection from the line it
  * had reached.  On a page of its own, an element with `data-moi-log="<job id>"`
  * is opened by itself.
@@ -37,6 +37,9 @@
     initialDelay: 500,
     maxDelay: 10000,
   });
+
+  /** Shortest time between two drawings (one frame at 60 Hz). */
+  const FRAME_MS = 16;
 
   function socketUrl(host, path) {
     const scheme = root.location.protocol === "https:" ? "wss:" : "ws:";
@@ -62,6 +65,7 @@
       this._chunks = [];   // [{node, lines}] in page order
       this._pending = [];  // lines received, not drawn yet
       this._drawing = false;
+      this._drawnAt = -Infinity;
       this._closed = false;
       this._attempt = 0;
       this._timer = null;
@@ -138,23 +142,25 @@
       this._schedule();
     }
 
+    /** Draw now if the last drawing is a frame ago, else once that frame has passed. */
     _schedule() {
       if (this._drawing) return;
+      const wait = this._drawnAt + FRAME_MS - performance.now();
+      if (wait <= 0) {
+        this._draw();
+        return;
+      }
       this._drawing = true;
-      const draw = () => {
+      setTimeout(() => {
         this._drawing = false;
         this._draw();
-      };
-      if (root.document && root.document.visibilityState === "visible" && root.requestAnimationFrame) {
-        root.requestAnimationFrame(draw);
-      } else {
-        setTimeout(draw, 16);
-      }
+      }, wait);
     }
 
     _draw() {
       const lines = this._pending;
       if (!lines.length || this._closed) return;
+      this._drawnAt = performance.now();
       this._pending = [];
       const pre = this.pre;
       const atBottom = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 4;
