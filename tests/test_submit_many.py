@@ -64,7 +64,10 @@ def test_results_come_back_in_input_order_and_every_job_is_tracked(moi_env, user
     assert added == {"add": ids}  # one message announces them all
     assert len(jobs.async_results) == 6  # 23 elements in chunks of 4
     assert jobs.get(timeout=60) == [x * x for x in range(23)]
-    infos = jobs.wait(timeout=10)
+    seen: list[dict[str, int]] = []
+    infos = jobs.wait(timeout=10, progress=seen.append)
+    assert seen and all(sum(counts.values()) == 23 for counts in seen)
+    assert seen[-1]["Success"] == 23
     assert [info["id"] for info in infos] == ids
     assert [info["result"] for info in infos] == [x * x for x in range(23)]
     assert {info["status"] for info in infos} == {"Success"}
