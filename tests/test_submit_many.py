@@ -271,3 +271,16 @@ def subprocess_with_input(args: list[str], stdin: str) -> Any:
         env=dict(os.environ),
         cwd="/",
     )
+
+
+def test_the_progress_line_shows_job_statuses_as_plain_text():
+    from rich.text import Text
+
+    from moi.cli.many import describe
+
+    hostile = {"Success": 2, "[link=https://evil.example]click[/link]": 1, "\x1b]0;owned\x07": 1}
+    shown = Text.from_markup(describe(hostile))
+    assert shown.plain == (
+        "Success 2 · [link=https://evil.example]click[/link] 1 · \\x1b]0;owned\\x07 1"
+    )
+    assert not shown.spans  # no link, no style came from the job's text
