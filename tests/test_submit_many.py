@@ -284,3 +284,13 @@ def test_the_progress_line_shows_job_statuses_as_plain_text():
         "Success 2 · [link=https://evil.example]click[/link] 1 · \\x1b]0;owned\\x07 1"
     )
     assert not shown.spans  # no link, no style came from the job's text
+
+
+def test_a_large_sweep_is_announced_in_bounded_add_messages(moi_env, user):
+    parent = get_id_from_user(user)
+    with subscribed(runtime.redis_client(), keys.pubsub(parent)) as sub:
+        ids, jobs = submit_many(None, parent, "sweep", square, range(2500))
+        batches = [json.loads(sub.get_message(timeout=10)["data"])["add"] for _ in range(3)]
+    assert [len(batch) for batch in batches] == [1000, 1000, 500]
+    assert [i for batch in batches for i in batch] == ids
+    assert jobs.get(timeout=120) == [x * x for x in range(2500)]
