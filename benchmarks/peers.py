@@ -44,7 +44,7 @@ MOI = ("moi_single", "moi_bulk")
 PEERS = ("ipyparallel", "celery_events", "celery", "dask", "rq")
 SYSTEMS = (*MOI, *PEERS)
 #: Seconds one system (workers' start, warm-up, all rounds, stop) may take.
-DEADLINE = 600.0
+DEADLINE = 900.0
 #: Seconds a worker pool may take to answer before the child gives up.
 START_TIMEOUT = 120.0
 RESULT_MARK = "PEERS-RESULT "

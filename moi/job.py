@@ -727,9 +727,14 @@ class ManyJobs:
         TimeoutError
             When ``timeout`` passes first.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         infos = self.wait(timeout)
         values: list[Any] = [None] * len(self.ids)
         for chunk, ar in zip(self.chunks, self.async_results, strict=True):
+            # the final statuses are stored before a chunk's result comes back
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not ar.wait(left):
+                raise TimeoutError(f"the results of {len(self.ids)} jobs did not all come back")
             try:
                 outcomes = ar.get(0) if ar.successful() else None
             except Exception:  # noqa: BLE001 -- a failed chunk: its jobs' infos say why

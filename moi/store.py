@@ -30,6 +30,9 @@ Guard = Literal["any", "live", "queued", "final"]
 
 log = logging.getLogger("moi.store")
 
+#: Most ids one ``add`` message of :meth:`Store.creating_many` names.
+ADD_BATCH = 1000
+
 #: Most nodes one tree read returns (guards the server against runaway trees).
 TREE_LIMIT = 200_000
 
@@ -257,8 +260,8 @@ class Store:
         """:meth:`creating` for many new jobs under one parent, in one atomic write.
 
         Every info object of ``infos`` has the same ``parent``; the parent's
-        children set gets them all in one ``SADD`` and one ``add`` message
-        names them all.
+        children set gets them all in one ``SADD`` and each ``add`` message
+        names up to :data:`ADD_BATCH` of them.
         """
         with self._sending(
             [("MULTI",), *self._create_many_commands(infos, parent_if_missing), ("EXEC",)]
@@ -285,7 +288,10 @@ class Store:
             ("SADD", keys.children(parent), *ids),
             ("EXPIRE", keys.children(parent), ttl),
             ("EXPIRE", keys.info(parent), ttl),
-            ("PUBLISH", keys.pubsub(parent), json.dumps({"add": ids})),
+        ]
+        commands += [  # a watcher reads the announced infos in bounded batches
+            ("PUBLISH", keys.pubsub(parent), json.dumps({"add": ids[start : start + ADD_BATCH]}))
+            for start in range(0, len(ids), ADD_BATCH)
         ]
         return commands
 

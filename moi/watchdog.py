@@ -273,7 +273,8 @@ class Reconciler:
         started: float,
     ) -> list[str]:
         """Give each of one controller's Queued jobs its verdict; return the ids failed."""
-        verdicts = self._verdicts(controller, [task["msg_id"] for _, task in jobs])
+        # the jobs of one submit_many chunk share its task: ask about each task once
+        verdicts = self._verdicts(controller, sorted({task["msg_id"] for _, task in jobs}))
         failed, waiting = [], []
         for job_id, task in jobs:
             verdict = verdicts.get(task["msg_id"])

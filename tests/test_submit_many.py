@@ -64,7 +64,10 @@ def test_results_come_back_in_input_order_and_every_job_is_tracked(moi_env, user
     assert added == {"add": ids}  # one message announces them all
     assert len(jobs.async_results) == 6  # 23 elements in chunks of 4
     assert jobs.get(timeout=60) == [x * x for x in range(23)]
-    infos = jobs.wait(timeout=10)
+    seen: list[dict[str, int]] = []
+    infos = jobs.wait(timeout=10, progress=seen.append)
+    assert seen and all(sum(counts.values()) == 23 for counts in seen)
+    assert seen[-1]["Success"] == 23
     assert [info["id"] for info in infos] == ids
     assert [info["result"] for info in infos] == [x * x for x in range(23)]
     assert {info["status"] for info in infos} == {"Success"}
@@ -268,3 +271,26 @@ def subprocess_with_input(args: list[str], stdin: str) -> Any:
         env=dict(os.environ),
         cwd="/",
     )
+
+
+def test_the_progress_line_shows_job_statuses_as_plain_text():
+    from rich.text import Text
+
+    from moi.cli.many import describe
+
+    hostile = {"Success": 2, "[link=https://evil.example]click[/link]": 1, "\x1b]0;owned\x07": 1}
+    shown = Text.from_markup(describe(hostile))
+    assert shown.plain == (
+        "Success 2 · [link=https://evil.example]click[/link] 1 · \\x1b]0;owned\\x07 1"
+    )
+    assert not shown.spans  # no link, no style came from the job's text
+
+
+def test_a_large_sweep_is_announced_in_bounded_add_messages(moi_env, user):
+    parent = get_id_from_user(user)
+    with subscribed(runtime.redis_client(), keys.pubsub(parent)) as sub:
+        ids, jobs = submit_many(None, parent, "sweep", square, range(2500))
+        batches = [json.loads(sub.get_message(timeout=10)["data"])["add"] for _ in range(3)]
+    assert [len(batch) for batch in batches] == [1000, 1000, 500]
+    assert [i for batch in batches for i in batch] == ids
+    assert jobs.get(timeout=120) == [x * x for x in range(2500)]

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from moi import job
@@ -61,8 +62,13 @@ def submit(
 
 
 def describe(counts: dict[str, int]) -> str:
-    """Counts by status as one line: ``Queued 3 · Running 2 · Success 5 · ...``."""
-    return " · ".join(f"{printable(status)} {count}" for status, count in counts.items())
+    """Counts by status as one line of rich markup: ``Queued 3 · Running 2 · Success 5 · ...``.
+
+    Statuses are text from job code: control characters are shown escaped and
+    markup (``[link=...]``) is escaped, so neither reaches the terminal.
+    """
+    line = " · ".join(f"{printable(status)} {count}" for status, count in counts.items())
+    return escape(line)
 
 
 def _wait_showing_progress(jobs: job.ManyJobs) -> list[dict[str, Any]]:
