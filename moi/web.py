@@ -117,7 +117,7 @@ class BaseHandler(tornado.web.RequestHandler):
     async def prepare(self) -> None:
         check_host(self.request, self.server.hosts)
         token = self.get_query_argument("token", None)
-        if token is not None:
+        if token is not None and self.token_url_allowed():
             principal = await log_in_with(self, self.server, token)
             if principal is not None:
                 self.log_in(principal)
@@ -127,6 +127,17 @@ class BaseHandler(tornado.web.RequestHandler):
                 return
         self.principal = await principal_for_session(self.server, self.current_session())
         self.current_user = self.principal.user if self.principal else None
+
+    def token_url_allowed(self) -> bool:
+        """Whether a ``?token=`` may log in here.
+
+        On a multi-user server not from a link on another site
+        (``Sec-Fetch-Site: cross-site``/``same-site``): anyone with a key could
+        otherwise log a victim's browser into their own account (login CSRF)
+        and receive what the victim then submits.
+        """
+        site = self.request.headers.get("Sec-Fetch-Site")
+        return not self.server.multi_user or site in (None, "none", "same-origin")
 
     @property
     def target(self) -> str:
