@@ -20,7 +20,6 @@ import logging
 import os
 import secrets
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -62,7 +61,7 @@ __all__ = ["ServerConfig", "Principal", "make_app", "serve"]
 log = logging.getLogger("moi.web")
 _HERE = Path(__file__).parent
 #: One thread submits jobs: the ipyparallel client is not thread-safe.
-_submitter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moi-submit")
+_submitter = job.submitter
 
 
 # -- pages ------------------------------------------------------------------------------
