@@ -29,7 +29,7 @@ from tornado import httputil
 
 from moi import connection, job, keys, nodes, runtime, webauth
 from moi.astore import AsyncStore
-from moi.errors import InvalidIdError, MoiError, UnknownIdError
+from moi.errors import ClusterUnavailableError, InvalidIdError, MoiError, UnknownIdError
 from moi.status import Status, is_terminal
 from moi.store import decode, text
 
@@ -87,6 +87,8 @@ def _status_of(exc: MoiError) -> int:
 
     if isinstance(exc, UnknownIdError | InvalidIdError):
         return 404
+    if isinstance(exc, ClusterUnavailableError):
+        return 503
     if isinstance(exc, manager.JobFinishedError):
         return 409
     if isinstance(exc, manager.CallbackSecretError):
@@ -832,7 +834,7 @@ _DESCRIPTIONS = {
     409: "Already finished / not Pending",
     413: "Body too large",
     429: "Too many failed logins from this address",
-    503: "Not ok",
+    503: "Not ok (health); no cluster reachable for the context (submit)",
 }
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _SCHEMA_OF: dict[int, dict[str, Any]] = {
@@ -872,6 +874,7 @@ _OPERATIONS: dict[str, dict[str, Any]] = {
             403,
             404,
             413,
+            503,
             *_AUTH,
             body="Submission",
             query=("wait", "user"),

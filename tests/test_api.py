@@ -26,7 +26,7 @@ from urllib.parse import urlencode, urlsplit
 import pytest
 from support import wait_for_status, wait_until_listening
 
-from moi import api, auth, keys, manager, redis_server, runtime
+from moi import api, auth, keys, manager, nodes, redis_server, runtime
 from moi.group import create_info, get_id_from_user
 from moi.store import index_commands
 
@@ -541,3 +541,22 @@ def test_callbacks_need_the_jobs_secret(call: Api, url: str) -> None:
     assert status == 409 and runtime.store().require(pending["id"])["status"] == "Success"
     other = request(url, "POST", f"/api/v1/callback/{uuid.uuid4()}?secret=x&status=Working")
     assert other[0] == 403
+
+
+def test_a_controller_that_never_answers_is_unreachable_within_the_limit(
+    moi_env: dict[str, str],
+) -> None:
+    real = json.loads(Path(moi_env["MOI_CLUSTER_FILE_DEFAULT"]).read_text())
+    silent = {k: redis_server.free_port() if isinstance(v, int) else v for k, v in real.items()}
+    fake = Path(moi_env["MOI_CLUSTER_FILE_OFFLINE"])
+    fake.parent.mkdir(parents=True, exist_ok=True)
+    fake.write_text(json.dumps(silent))  # ports nobody listens on: requests go unanswered
+    try:
+        start = time.monotonic()
+        found = {c["context"]: c for c in nodes.listing(timeout=1.0)}
+        assert time.monotonic() - start < 8
+        offline = found["offline"]
+        assert not offline["reachable"] and "did not answer within 1 s" in offline["error"]
+        assert found["default"]["reachable"] and len(found["default"]["engines"]) == 2
+    finally:
+        fake.unlink()
