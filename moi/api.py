@@ -9,8 +9,7 @@ dashboard's cookie plus its XSRF token).  Errors are ``{"error": {"message":
 (unknown id, and another user's id alike), 409 (already finished), 413 (body
 over :data:`MAX_BODY` bytes) and 429 (too many failed logins).
 
-A user's jobs are listed newest first from the per-group indexes of jobs by
-creation time (:func:`moi.keys.jobs_index`), a page at a time.
+A user's jobs are listed newest first a page at a time (:mod:`moi.listing`).
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import tornado.web
 from tornado import httputil
 
-from moi import connection, job, keys, nodes, runtime, webauth
+from moi import connection, job, keys, listing, nodes, runtime, webauth
 from moi.astore import AsyncStore
 from moi.errors import ClusterUnavailableError, InvalidIdError, MoiError, UnknownIdError
 from moi.status import Status, is_terminal
@@ -40,13 +39,6 @@ if TYPE_CHECKING:
 PREFIX = "/api/v1"
 #: Largest request body accepted (bytes).
 MAX_BODY = 1 << 20
-#: Largest page of ``GET /jobs``.
-MAX_LIMIT = 1000
-#: Most index entries one ``GET /jobs`` examines (a filtered page may come back short,
-#: with a cursor to go on).
-MAX_SCAN = 20_000
-#: Most groups under a user whose jobs ``GET /jobs`` lists.
-MAX_GROUPS = 10_000
 #: Longest ``?wait=`` (seconds).
 MAX_WAIT = 3600.0
 #: Fields a ``POST /jobs`` body may hold.
@@ -383,7 +375,8 @@ class JobsHandler(SubmittingHandler):
         await self.answer_submitted(job_id, wait)
 
     async def get(self) -> None:
-        limit = int(_number(self.get_query_argument("limit", "100"), "limit", 1, MAX_LIMIT) or 1)
+        raw_limit = self.get_query_argument("limit", "100")
+        limit = int(_number(raw_limit, "limit", 1, listing.MAX_LIMIT) or 1)
         since = _since(self.get_query_argument("since", None))
         cursor = _cursor(self.get_query_argument("cursor", None))
         wanted = {
@@ -393,7 +386,7 @@ class JobsHandler(SubmittingHandler):
         }
         store = astore()
         group = await store.user_group(await self.user())
-        jobs, after = await list_jobs(store, group, limit, cursor, since, wanted)
+        jobs, after = await listing.page(store, group, limit, cursor, since, wanted)
         self.send({"jobs": jobs, "next": after})
 
 
@@ -622,7 +615,7 @@ class CallbackHandler(ApiHandler):
         self.send({"success": True})
 
 
-# -- listing ------------------------------------------------------------------------------
+# -- query arguments ----------------------------------------------------------------------
 def _number(raw: str | None, name: str, low: float, high: float) -> float | None:
     if raw is None:
         return None
@@ -649,7 +642,7 @@ def _since(raw: str | None) -> float | None:
         raise ApiError(400, f"since must be epoch seconds or an ISO date, not {raw!r}") from None
 
 
-def _cursor(raw: str | None) -> tuple[float, str] | None:
+def _cursor(raw: str | None) -> listing.Entry | None:
     """A ``next`` cursor: ``<creation epoch>~<job id>`` of the last job returned."""
     if raw is None:
         return None
@@ -661,102 +654,6 @@ def _cursor(raw: str | None) -> tuple[float, str] | None:
     if not math.isfinite(value) or not _is_id(node_id):
         raise ApiError(400, f"malformed cursor {raw!r}: pass on the next of a previous page")
     return value, node_id
-
-
-async def _groups_under(store: AsyncStore, root: str) -> list[str]:
-    """``root`` and the groups created under it, at most :data:`MAX_GROUPS`."""
-    found, level = [root], [root]
-    while level and len(found) < MAX_GROUPS:
-        async with store.r.pipeline(transaction=False) as pipe:
-            for group in level:
-                pipe.zrange(keys.groups_index(group), 0, -1)
-            answers = await pipe.execute()
-        level = [text(g) for answer in answers for g in answer][: MAX_GROUPS - len(found)]
-        found += level
-    return found
-
-
-Entry = tuple[float, str]
-
-
-async def _fetch(
-    store: AsyncStore, index: list[str], below: Entry | None, low: str, size: int
-) -> tuple[list[Entry], Entry | None]:
-    """The next entries of ``index`` (newest first) below ``below``, safe to return in order.
-
-    Returns the merged entries and the boundary: entries past it may still
-    miss some of a key not read to its end (``None`` when every key was).
-    """
-    high = "+inf" if below is None else repr(below[0])
-    async with store.r.pipeline(transaction=False) as pipe:
-        for key in index:
-            if below is not None:  # same creation time, smaller id: not returned yet
-                pipe.zrangebyscore(key, high, high, withscores=True)
-            pipe.zrevrangebyscore(
-                key, high if below is None else f"({high}", low, 0, size, withscores=True
-            )
-        answers = await pipe.execute()
-    merged: list[Entry] = []
-    boundary: Entry | None = None
-    step = 1 if below is None else 2
-    for n in range(len(index)):
-        rest = [(float(s), text(m)) for m, s in answers[n * step + step - 1]]
-        if below is not None:
-            ties = [(float(s), text(m)) for m, s in answers[n * step]]
-            merged += [e for e in ties if e[1] < below[1]]
-        merged += rest
-        if len(rest) == size and (boundary is None or rest[-1] > boundary):
-            boundary = rest[-1]
-    merged.sort(reverse=True)
-    if boundary is not None:
-        merged = [e for e in merged if e >= boundary]
-    return merged, boundary
-
-
-def _matches(info: dict[str, Any], wanted: dict[str, str | None]) -> bool:
-    if wanted["status"] is not None and info.get("status") != wanted["status"]:
-        return False
-    if wanted["type"] is not None and info.get("job_type") != wanted["type"]:
-        return False
-    name = wanted["name"]
-    return name is None or name.lower() in str(info.get("name", "")).lower()
-
-
-async def list_jobs(
-    store: AsyncStore,
-    group: str,
-    limit: int,
-    cursor: Entry | None,
-    since: float | None,
-    wanted: dict[str, str | None],
-) -> tuple[list[dict[str, Any]], str | None]:
-    """A page of the jobs under ``group``, newest first, and the cursor of the next page."""
-    index = [keys.jobs_index(g) for g in await _groups_under(store, group)]
-    low = "-inf" if since is None else repr(since)
-    out: list[dict[str, Any]] = []
-    scanned = 0
-    filtered = any(v is not None for v in wanted.values())
-    size = min(MAX_LIMIT, limit * 4 if filtered else limit)
-    while True:
-        entries, boundary = await _fetch(store, index, cursor, low, size)
-        if not entries:
-            return out, None
-        raws = await store.r.mget([keys.info(e[1]) for e in entries])
-        for entry, raw in zip(entries, raws, strict=True):
-            cursor, scanned = entry, scanned + 1
-            info = decode(raw)
-            if info is not None and info.get("type") == "job" and _matches(info, wanted):
-                out.append(info)
-                if len(out) == limit:
-                    return out, _cursor_text(cursor)
-        if boundary is None:
-            return out, None
-        if scanned >= MAX_SCAN:
-            return out, _cursor_text(cursor)
-
-
-def _cursor_text(entry: Entry | None) -> str | None:
-    return None if entry is None else f"{entry[0]!r}~{entry[1]}"
 
 
 # -- routes and their document ----------------------------------------------------------
@@ -800,12 +697,20 @@ def handlers(server: ServerConfig) -> list[tornado.web.URLSpec]:
     ]
 
 
-def _op(summary: str, *responses: int, body: str | None = None, query: tuple[str, ...] = ()) -> Any:
+def _op(
+    summary: str,
+    responses: str,
+    body: str | None = None,
+    query: tuple[str, ...] = (),
+    key: bool = True,
+) -> dict[str, Any]:
+    """One OpenAPI operation: its answers (``"200 404"``; 401 and 429 added with ``key``)."""
+    codes = [int(code) for code in responses.split()] + ([401, 429] if key else [])
     op: dict[str, Any] = {
         "summary": summary,
         "responses": {
             str(code): {"description": _DESCRIPTIONS[code], "content": _json(_SCHEMA_OF.get(code))}
-            for code in responses
+            for code in codes
         },
         "parameters": [
             {"name": q, "in": "query", "required": False, "schema": _QUERY[q]} for q in query
@@ -816,6 +721,8 @@ def _op(summary: str, *responses: int, body: str | None = None, query: tuple[str
             "required": True,
             "content": _json({"$ref": f"#/components/schemas/{body}"}),
         }
+    if key:
+        op["security"] = [{"bearer": []}]
     return op
 
 
@@ -842,7 +749,7 @@ _SCHEMA_OF: dict[int, dict[str, Any]] = {
 }
 _QUERY: dict[str, dict[str, Any]] = {
     "wait": {"type": "number", "minimum": 0, "maximum": MAX_WAIT},
-    "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100},
+    "limit": {"type": "integer", "minimum": 1, "maximum": listing.MAX_LIMIT, "default": 100},
     "cursor": {"type": "string"},
     "status": {"type": "string"},
     "name": {"type": "string"},
@@ -852,69 +759,43 @@ _QUERY: dict[str, dict[str, Any]] = {
     "secret": {"type": "string"},
     "result": {"type": "string", "description": "JSON or text"},
 }
-_AUTH = (401, 429)
 
 #: Each route's operations: method -> operation.
 _OPERATIONS: dict[str, dict[str, Any]] = {
     "/jobs": {
         "get": _op(
             "List your jobs, newest first",
-            200,
-            400,
-            403,
-            *_AUTH,
+            "200 400 403",
             query=("limit", "cursor", "status", "name", "type", "since", "user"),
         ),
         "post": _op(
             "Submit a job (type + environ, template + params, or cmd)",
-            201,
-            200,
-            202,
-            400,
-            403,
-            404,
-            413,
-            503,
-            *_AUTH,
+            "201 200 202 400 403 404 413 503",
             body="Submission",
             query=("wait", "user"),
         ),
     },
     "/jobs/{job_id}": {
-        "get": _op(
-            "A job's info object (with wait: once it ends)", 200, 404, *_AUTH, query=("wait",)
-        ),
-        "delete": _op("Detach a job from its tree", 200, 403, 404, *_AUTH),
+        "get": _op("A job's info object (with wait: once it ends)", "200 404", query=("wait",)),
+        "delete": _op("Detach a job from its tree", "200 403 404"),
     },
-    "/jobs/{job_id}/cancel": {"post": _op("Cancel a job", 200, 403, 404, 409, *_AUTH)},
+    "/jobs/{job_id}/cancel": {"post": _op("Cancel a job", "200 403 404 409")},
     "/jobs/{job_id}/retry": {
-        "post": _op(
-            "Run a job again with the same input",
-            201,
-            200,
-            202,
-            400,
-            403,
-            404,
-            *_AUTH,
-            query=("wait",),
-        ),
+        "post": _op("Run a job again with its input", "201 200 202 400 403 404", query=("wait",))
     },
-    "/jobs/{job_id}/run": {"post": _op("Run a Pending job", 200, 403, 404, 409, *_AUTH)},
-    "/groups/{group_id}": {"get": _op("A group and every node under it", 200, 404, *_AUTH)},
-    "/types": {"get": _op("The job types", 200, *_AUTH)},
-    "/templates": {"get": _op("The job templates", 200, *_AUTH)},
-    "/nodes": {"get": _op("Engines per context", 200, *_AUTH)},
-    "/health": {"get": _op("Whether Redis and each context answer", 200, 503)},
-    "/openapi.json": {"get": _op("This document", 200)},
+    "/jobs/{job_id}/run": {"post": _op("Run a Pending job", "200 403 404 409")},
+    "/groups/{group_id}": {"get": _op("A group and every node under it", "200 404")},
+    "/types": {"get": _op("The job types", "200")},
+    "/templates": {"get": _op("The job templates", "200")},
+    "/nodes": {"get": _op("Engines per context", "200")},
+    "/health": {"get": _op("Whether Redis and each context answer", "200 503", key=False)},
+    "/openapi.json": {"get": _op("This document", "200", key=False)},
     "/callback/{job_id}": {
         method: _op(
-            "Report a job's status (secret)",
-            200,
-            400,
-            403,
-            409,
+            "Report a job's status (with its secret)",
+            "200 400 403 409",
             query=("secret", "status", "result"),
+            key=False,
         )
         for method in ("get", "post")
     },
@@ -930,12 +811,7 @@ def openapi() -> dict[str, Any]:
             for p in re.findall(r"\{(\w+)\}", path)
         ]
         paths[PREFIX + path] = {
-            method: {
-                **op,
-                "parameters": [*params, *op["parameters"]],
-                **({} if path in _OPEN else {"security": [{"bearer": []}]}),
-            }
-            for method, op in ops.items()
+            method: {**op, "parameters": [*params, *op["parameters"]]} for method, op in ops.items()
         }
     return {
         "openapi": "3.0.3",
@@ -969,6 +845,3 @@ def openapi() -> dict[str, Any]:
             },
         },
     }
-
-
-_OPEN = {"/health", "/openapi.json", "/callback/{job_id}"}
