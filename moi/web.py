@@ -182,13 +182,22 @@ class BaseHandler(tornado.web.RequestHandler):
     def get_login_url(self) -> str:
         return "/login"
 
+    async def target_group(self) -> str:
+        """The target user's group id; 404 (no user made) for an admin's unknown ``?user=``."""
+        if self.target == self.current_user:
+            return await asyncio.to_thread(get_id_from_user, self.target)
+        found = await asyncio.to_thread(runtime.redis_client().hget, keys.USER_ID_MAP, self.target)
+        if found is None:
+            raise tornado.web.HTTPError(404, "no user %r", self.target)
+        return keys.check_node_id(text(found), "group id")
+
     def _back(self) -> str:
         """The dashboard of the target user (an admin's ``?user=`` kept)."""
         return "/" if self.target == self.current_user else "/?" + urlencode({"user": self.target})
 
     async def user_tree(self) -> tuple[str, dict[str, dict[str, Any]]]:
         """The target user's group id and every node of that tree by id."""
-        group_id = await asyncio.to_thread(get_id_from_user, self.target)
+        group_id = await self.target_group()
         nodes = await asyncio.to_thread(runtime.store().tree, group_id)
         return group_id, {info["id"]: info for info in nodes}
 
@@ -252,7 +261,7 @@ class DashboardHandler(BaseHandler):
 
     async def show(self, error: str | None = None, status: int = 200) -> None:
         target = self.target
-        group_id = await asyncio.to_thread(get_id_from_user, target)
+        group_id = await self.target_group()
         admin = self.principal is not None and self.principal.admin
         users = await asyncio.to_thread(_user_names) if admin else []
         self.set_status(status)

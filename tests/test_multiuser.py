@@ -201,6 +201,9 @@ class TestAdmin(MultiUserCase):
         assert f'data-user="{self.bob}"' in page
         assert self.get(f"/job/{theirs}?user={quote(self.bob)}", cookie).code == 200
         assert self.get(f"/job/{theirs}", cookie).code == 404  # not in the admin's own tree
+        nobody = f"nobody-{uuid.uuid4().hex[:6]}"
+        assert self.get(f"/?user={nobody}", cookie).code == 404
+        assert runtime.redis_client().hget("user-id-map", nobody) is None  # no user made
         conn = self.ws(cookie, f"?user={quote(self.bob)}")
         assert self.tree_ids(conn) == {get_id_from_user(self.bob), theirs}
         frames = self.ask(conn, {"cancel": [theirs]})
