@@ -343,16 +343,19 @@ async def wait_for_end(job_id: str, seconds: float) -> dict[str, Any]:
 class SubmittingHandler(ApiHandler):
     """What submitting routes share: keeping a job's input, answering with its info."""
 
-    async def keep_input(self, job_id: str, spec: dict[str, Any]) -> None:
-        """Keep what a retry of ``job_id`` needs (as long as its info object lives)."""
-        store = astore()
-        await store.r.set(keys.job_input(job_id), stored_input(spec), ex=store.key_timeout)
+    async def answer_submitted(self, job_id: str, spec: dict[str, Any], wait: float | None) -> None:
+        """Keep what a retry needs; answer 201 with the new job's info.
 
-    async def answer_submitted(self, job_id: str, wait: float | None) -> None:
-        """201 with the new job's info; with ``wait``, 200 once it ended or 202 as it is then."""
+        With ``wait``: 200 with its final info once it ended, or 202 with it as
+        it is after ``wait`` seconds.
+        """
+        store = astore()
+        async with store.r.pipeline(transaction=False) as pipe:
+            pipe.set(keys.job_input(job_id), stored_input(spec), ex=store.key_timeout)
+            pipe.get(keys.info(job_id))
+            _, raw = await pipe.execute()
         if wait is None:
-            info = decode(await astore().r.get(keys.info(job_id)))
-            self.send(info, 201)
+            self.send(decode(raw), 201)
             return
         info = await wait_for_end(job_id, wait)
         self.send(info, 200 if is_terminal(info.get("status")) else 202)
@@ -371,8 +374,7 @@ class JobsHandler(SubmittingHandler):
         else:
             parent = await astore().user_group(user)
         job_id = await self.call(run_submission, spec, user, parent, None, submit=True)
-        await self.keep_input(job_id, spec)
-        await self.answer_submitted(job_id, wait)
+        await self.answer_submitted(job_id, spec, wait)
 
     async def get(self) -> None:
         raw_limit = self.get_query_argument("limit", "100")
@@ -440,8 +442,7 @@ class RetryHandler(SubmittingHandler):
         owner = await self.owner_of(info)
         wait = _number(self.get_query_argument("wait", None), "wait", 0, MAX_WAIT)
         new_id = await self.call(run_submission, spec, owner, parent, job_id, submit=True)
-        await self.keep_input(new_id, spec)
-        await self.answer_submitted(new_id, wait)
+        await self.answer_submitted(new_id, spec, wait)
 
     async def owner_of(self, info: dict[str, Any]) -> str:
         """The user whose tree ``info`` is in (the key's user unless an admin acts)."""
