@@ -1,7 +1,7 @@
 """api: the JSON API of ``moi serve`` (``/api/v1/``) beside the Python API, same cluster.
 
 ``api_submit``: typed ``ping`` jobs POSTed to ``/api/v1/jobs`` by 50 concurrent
-HTTP clients (Tornado's AsyncHTTPClient) of a multi-user ``moi serve``
+HTTP clients (keep-alive connections) of a multi-user ``moi serve``
 process, until every job has ended, in jobs/s; the baseline submits the same
 jobs with ``moi.job.submit_type`` in a loop in this process.  Both sides end
 when Redis shows every job finished; they take turns going first over several
@@ -28,7 +28,7 @@ from typing import Any
 
 from results import Result
 from services import wait_for_port
-from tornado.httpclient import AsyncHTTPClient, HTTPClient, HTTPRequest
+from tornado.httpclient import HTTPClient
 
 from moi import auth, job, keys, redis_server, runtime
 from moi.context import resolve
@@ -85,17 +85,37 @@ def wait_all_ended(ids: list[str], timeout: float = 600) -> None:
 
 
 async def _post_all(url: str, key: str, jobs: int) -> list[str]:
-    client = AsyncHTTPClient(max_clients=CLIENTS)
-    body = json.dumps({"type": "ping", "environ": {"ping": 1}})
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    """POST ``jobs`` typed pings from :data:`CLIENTS` keep-alive connections; their ids.
+
+    A minimal HTTP/1.1 client on asyncio streams: Tornado's simple client opens
+    a connection per request, which would measure the load generator.
+    """
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps({"type": "ping", "environ": {"ping": 1}}).encode()
+    head = (
+        f"POST /api/v1/jobs HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
     ids: list[str] = []
     counter = iter(range(jobs))
 
     async def worker() -> None:
-        for _ in counter:
-            request = HTTPRequest(f"{url}/api/v1/jobs", "POST", headers, body, request_timeout=600)
-            answer = await client.fetch(request)
-            ids.append(json.loads(answer.body)["id"])
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            for _ in counter:
+                writer.write(head + body)
+                status = await reader.readline()
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.decode().partition(":")
+                    if name.lower() == "content-length":
+                        length = int(value)
+                answer = await reader.readexactly(length)
+                if b" 201 " not in status:
+                    raise RuntimeError(f"POST /api/v1/jobs: {status!r} {answer[:200]!r}")
+                ids.append(json.loads(answer)["id"])
+        finally:
+            writer.close()
 
     await asyncio.gather(*(worker() for _ in range(CLIENTS)))
     return ids

@@ -65,6 +65,85 @@ def astore() -> AsyncStore:
     return found
 
 
+#: Group id of each user seen (a user's group never changes), at most :data:`MAX_USERS`.
+_groups: dict[str, str] = {}
+MAX_USERS = 100_000
+
+
+async def user_group(user: str) -> str:
+    """The group id of ``user``, made on first use (remembered: it never changes)."""
+    group = _groups.get(user)
+    if group is None:
+        group = await astore().user_group(user)
+        if len(_groups) >= MAX_USERS:
+            _groups.clear()
+        _groups[user] = group
+    return group
+
+
+class _Batches:
+    """Submissions waiting for :data:`moi.job.submitter`, handed over a batch at a time.
+
+    Many requests submitting at once cost one thread hand-over per batch
+    instead of one per job.
+    """
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
+        self.draining = False
+
+    async def run(self, func: Callable[..., Any], *args: Any) -> Any:
+        """``func(*args)`` on the submitting thread, with whatever else is waiting."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        self.waiting.append((func, args, done))
+        if not self.draining:
+            self.draining = True
+            task = loop.create_task(self._drain())
+            _draining.add(task)
+            task.add_done_callback(_draining.discard)
+        return await done
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self.waiting:
+                batch, self.waiting = self.waiting, []
+                try:
+                    outcomes = await loop.run_in_executor(job.submitter, _run_all, batch)
+                except Exception as exc:  # noqa: BLE001 -- no thread to run on: each request hears
+                    outcomes = [(False, exc)] * len(batch)
+                for (_, _, done), (ok, value) in zip(batch, outcomes, strict=True):
+                    if done.done():
+                        continue
+                    if ok:
+                        done.set_result(value)
+                    else:
+                        done.set_exception(value)
+        finally:
+            self.draining = False
+
+
+def _run_all(
+    batch: list[tuple[Callable[..., Any], tuple[Any, ...], Any]],
+) -> list[tuple[bool, Any]]:
+    """Run each call of ``batch``; ``(True, result)`` or ``(False, exception)`` each."""
+    outcomes: list[tuple[bool, Any]] = []
+    for func, args, _ in batch:
+        try:
+            outcomes.append((True, func(*args)))
+        except Exception as exc:  # noqa: BLE001 -- handed back to its own request
+            outcomes.append((False, exc))
+    return outcomes
+
+
+_batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batches] = (
+    weakref.WeakKeyDictionary()
+)
+#: Drain tasks running (kept referenced until they end).
+_draining: set[asyncio.Task[None]] = set()
+
+
 class ApiError(tornado.web.HTTPError):
     """An API error: ``status`` and the message the client reads."""
 
@@ -152,10 +231,10 @@ class ApiHandler(tornado.web.RequestHandler):
 
     async def call(self, func: Callable[..., Any], *args: Any, submit: bool = False) -> Any:
         """``func(*args)`` off the loop (on the submit thread with ``submit``), errors mapped."""
-        loop = asyncio.get_running_loop()
         try:
             if submit:
-                return await loop.run_in_executor(job.submitter, func, *args)
+                batches = _batches.setdefault(asyncio.get_running_loop(), _Batches())
+                return await batches.run(func, *args)
             return await asyncio.to_thread(func, *args)
         except MoiError as exc:
             raise ApiError(_status_of(exc), str(exc)) from None
@@ -190,7 +269,7 @@ class ApiHandler(tornado.web.RequestHandler):
             raise ApiError(404, f"no {kind} {node_id}")
         if self.principal.admin:
             return info
-        group = await store.user_group(self.principal.user)
+        group = await user_group(self.principal.user)
         if not await _in_tree(store, info, group):
             raise ApiError(404, f"no {kind} {node_id}")
         return info
@@ -372,7 +451,7 @@ class JobsHandler(SubmittingHandler):
         if parent is not None:
             await self.node(parent, "group")
         else:
-            parent = await astore().user_group(user)
+            parent = await user_group(user)
         job_id = await self.call(run_submission, spec, user, parent, None, submit=True)
         await self.answer_submitted(job_id, spec, wait)
 
@@ -387,7 +466,7 @@ class JobsHandler(SubmittingHandler):
             "type": self.get_query_argument("type", None),
         }
         store = astore()
-        group = await store.user_group(await self.user())
+        group = await user_group(await self.user())
         jobs, after = await listing.page(store, group, limit, cursor, since, wanted)
         self.send({"jobs": jobs, "next": after})
 
@@ -535,7 +614,7 @@ class NodesHandler(ApiHandler):
         assert self.principal is not None
         if not self.principal.admin:  # another user's job is shown, never named
             store = astore()
-            group = await store.user_group(self.principal.user)
+            group = await user_group(self.principal.user)
             for engine in (e for context in found for e in context["engines"]):
                 running = engine["running"]
                 info = decode(await store.r.get(keys.info(running["id"]))) if running else None
