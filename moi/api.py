@@ -270,7 +270,7 @@ class ApiHandler(tornado.web.RequestHandler):
         if self.principal.admin:
             return info
         group = await user_group(self.principal.user)
-        if not await _in_tree(store, info, group):
+        if node_id != group and not await _in_tree(store, info, group):
             raise ApiError(404, f"no {kind} {node_id}")
         return info
 

@@ -235,6 +235,9 @@ def test_submit_under_a_group_of_ones_own_only(call: Api) -> None:
     status, nodes = call("alice", "GET", f"/groups/{group['id']}")
     assert status == 200 and {n["id"] for n in nodes["nodes"]} == {group["id"], info["id"]}
     assert call("bob", "GET", f"/groups/{group['id']}")[0] == 404
+    status, whole = call("alice", "GET", f"/groups/{alice_group}")  # one's own root group
+    assert status == 200 and info["id"] in {n["id"] for n in whole["nodes"]}
+    assert call("bob", "GET", f"/groups/{alice_group}")[0] == 404
     listed = call("alice", "GET", "/jobs", limit=10)[1]["jobs"]
     assert info["id"] in {j["id"] for j in listed}  # jobs of subgroups are listed too
 
