@@ -1,4 +1,4 @@
-"""The JSON API under /api/v1/ of a real multi-user ``moi serve`` app (real HTTP, Redis, cluster).
+"""The JSON API under /api/v1/ of a real multi-user ``moi serve`` (real HTTP, Redis, cluster).
 
 Two users (alice, bob) and an admin, each with an API key from moi.auth: a
 user never reads, lists, cancels, retries or deletes another's job (404, as
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import subprocess
 import sys
@@ -39,27 +40,18 @@ params = { ping = "from the template" }
 """
 
 
-#: A multi-user ``moi serve`` app in a process of its own: ``python -c SERVE PORT SECRET``.
-SERVE = """
-import asyncio, sys
-from moi.web import make_app
-
-async def main():
-    app = make_app(multi_user=True, cookie_secret=sys.argv[2])
-    app.listen(int(sys.argv[1]), address="127.0.0.1")
-    await asyncio.Event().wait()
-
-asyncio.run(main())
-"""
-
-
 @contextmanager
 def running_server() -> Iterator[str]:
-    """A multi-user ``moi serve`` app on a free loopback port, in a process; yields its URL."""
+    """A real multi-user ``moi serve`` (no token, keys exist) on a free port; yields its URL."""
+    auth.create("server-starter", r=runtime.redis_client())  # with keys, serve is multi-user
     port = redis_server.free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MOI_TOKEN"}
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-c", SERVE, str(port), SECRET], stdout=log, stderr=log
+            [sys.executable, "-m", "moi.cli", "serve", "--port", str(port)],
+            stdout=log,
+            stderr=log,
+            env=env,
         )
 
         def output() -> str:
@@ -68,6 +60,7 @@ def running_server() -> Iterator[str]:
 
         try:
             wait_until_listening(port, proc, output)
+            assert "every user with an API key" in output(), output()
             yield f"http://127.0.0.1:{port}"
         finally:
             proc.terminate()
@@ -105,8 +98,6 @@ def request(
 def templates_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("templates") / "templates.toml"
     path.write_text(TEMPLATES)
-    import os
-
     saved = os.environ.get("MOI_TEMPLATES")
     os.environ["MOI_TEMPLATES"] = str(path)
     try:

@@ -1,4 +1,4 @@
-"""moi.client.Client and the CLI's --server mode against a real multi-user moi serve process."""
+"""moi.client.Client and the CLI's --server mode against a real multi-user ``moi serve``."""
 
 from __future__ import annotations
 
