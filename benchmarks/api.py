@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -38,25 +39,15 @@ from moi.store import decode, index_commands
 
 CLIENTS = 50
 ROUNDS = 3
-#: A multi-user ``moi serve`` app: ``python -c SERVE PORT``.
-SERVE = """
-import asyncio, sys
-from moi.web import make_app
-
-async def main():
-    app = make_app(multi_user=True, cookie_secret="bench-api")
-    app.listen(int(sys.argv[1]), address="127.0.0.1", backlog=1024)
-    await asyncio.Event().wait()
-
-asyncio.run(main())
-"""
 
 
 @contextmanager
 def api_server() -> Iterator[str]:
-    """A multi-user ``moi serve`` process on a free loopback port; its URL."""
+    """``moi serve`` on a free loopback port (multi-user: no token, keys exist); its URL."""
     port = redis_server.free_port()
-    proc = subprocess.Popen([sys.executable, "-c", SERVE, str(port)])
+    env = {k: v for k, v in os.environ.items() if k != "MOI_TOKEN"}
+    command = [sys.executable, "-m", "moi.cli", "serve", "--port", str(port)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
     try:
         wait_for_port(port, 60, proc)
         yield f"http://127.0.0.1:{port}"
