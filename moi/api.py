@@ -652,6 +652,10 @@ class CallbackHandler(ApiHandler):
 
     authenticated = False
 
+    def _request_summary(self) -> str:
+        """What the access log shows: never the query, which holds the job's secret."""
+        return f"{self.request.method} {self.request.path} ({self.request.remote_ip})"
+
     async def get(self, job_id: str) -> None:
         await self.report(job_id)
 

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -41,8 +41,8 @@ params = { ping = "from the template" }
 
 
 @contextmanager
-def running_server() -> Iterator[str]:
-    """A real multi-user ``moi serve`` (no token, keys exist) on a free port; yields its URL."""
+def serve_process() -> Iterator[tuple[str, Callable[[], str]]]:
+    """A real multi-user ``moi serve`` (no token, keys exist) on a free port: URL and its log."""
     auth.create("server-starter", r=runtime.redis_client())  # with keys, serve is multi-user
     port = redis_server.free_port()
     env = {k: v for k, v in os.environ.items() if k != "MOI_TOKEN"}
@@ -61,10 +61,17 @@ def running_server() -> Iterator[str]:
         try:
             wait_until_listening(port, proc, output)
             assert "every user with an API key" in output(), output()
-            yield f"http://127.0.0.1:{port}"
+            yield f"http://127.0.0.1:{port}", output
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+@contextmanager
+def running_server() -> Iterator[str]:
+    """:func:`serve_process`'s URL."""
+    with serve_process() as (url, _):
+        yield url
 
 
 def request(
@@ -223,8 +230,8 @@ def test_submit_under_a_group_of_ones_own_only(call: Api) -> None:
     assert info["parent"] == group["id"]
     status, answer = call("bob", "POST", "/jobs", {"type": "ping", "parent": group["id"]})
     assert status == 404 and group["id"] in error_of(answer)
-    status, nodes = call("alice", "GET", f"/groups/{group['id']}")
-    assert status == 200 and {n["id"] for n in nodes["nodes"]} == {group["id"], info["id"]}
+    status, tree = call("alice", "GET", f"/groups/{group['id']}")
+    assert status == 200 and {n["id"] for n in tree["nodes"]} == {group["id"], info["id"]}
     assert call("bob", "GET", f"/groups/{group['id']}")[0] == 404
     status, whole = call("alice", "GET", f"/groups/{alice_group}")  # one's own root group
     assert status == 200 and info["id"] in {n["id"] for n in whole["nodes"]}
@@ -535,6 +542,21 @@ def test_callbacks_need_the_jobs_secret(call: Api, url: str) -> None:
     assert status == 409 and runtime.store().require(pending["id"])["status"] == "Success"
     other = request(url, "POST", f"/api/v1/callback/{uuid.uuid4()}?secret=x&status=Working")
     assert other[0] == 403
+
+
+def test_the_access_log_never_shows_a_callback_secret(moi_env: dict[str, str]) -> None:
+    pending = manager.JobManager().create_job("logged", "logger", "pinger")
+    with serve_process() as (url, output):
+        callback = manager.JobManager().get_job_status_callback_url(url, pending.id)
+        path = callback.removeprefix(url)
+        assert request(url, "POST", path + "&status=Success")[0] == 200
+        assert request(url, "POST", path + "&status=Failed")[0] == 409  # logged as a warning
+        secret = path.split("secret=", 1)[1]
+        deadline = time.monotonic() + 10
+        while f"/api/v1/callback/{pending.id}" not in output() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert f"409 POST /api/v1/callback/{pending.id} (127.0.0.1)" in output()
+        assert secret not in output()
 
 
 def test_a_controller_that_never_answers_is_unreachable_within_the_limit(
