@@ -171,7 +171,10 @@ def cancel(ctx: click.Context, job_id: str, wait: bool) -> None:
     client = client_of(ctx)
     outcome = client.cancel(job_id)["outcome"]
     if wait:
-        info = client.wait(job_id, timeout=60)
+        try:
+            info = client.wait(job_id, timeout=60)
+        except TimeoutError as exc:
+            raise MoiError(str(exc)) from None
         click.echo(f"Job {printable(job_id)}: {printable(info['status'])}")
     else:
         click.echo(f"Job {printable(job_id)}: cancel {printable(outcome)}")
