@@ -201,7 +201,7 @@ def types_(ctx: click.Context) -> None:
     """List the server's job types."""
     for plugin in client_of(ctx).types():
         text = plugin["description"] if plugin["error"] is None else f"BROKEN: {plugin['error']}"
-        click.echo(printable(f"{plugin['name']}\t{plugin['source']}\t{text}"))
+        click.echo("\t".join(printable(f) for f in (plugin["name"], plugin["source"], text)))
 
 
 @remote("templates")
