@@ -35,6 +35,8 @@ _workers: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
 _clients: dict[str, ipp.Client] = {}
 #: Host and pid of each engine that answered, by (context, engine uuid).
 _where: dict[tuple[str, str], tuple[str, int]] = {}
+#: Questions for host and pid not answered yet, by (context, engine uuid).
+_asking: dict[tuple[str, str], Any] = {}
 #: ``engine 3 (host:pid)``, as a running job's ``engine`` field says.
 _ENGINE = re.compile(r"engine (\d+) \((.*):(\d+)\)$")
 
@@ -60,8 +62,10 @@ def listing(timeout: float = TIMEOUT) -> list[dict[str, Any]]:
     list of dict
         One per context: ``context``, ``reachable`` (bool), ``controller``
         (its address, or ``None``), ``engines`` (each with ``id``, ``host``,
-        ``pid``, ``running`` (``{"id", "name"}`` or ``None``), ``queue``,
-        ``done``) and, when unreachable, ``error`` saying why.
+        ``pid``, ``running`` (``{"id", "name"}`` or ``None``), ``queue``
+        (tasks assigned to it, the running one included), ``done`` (tasks it
+        finished, moi's one question for its host and pid included)) and,
+        when unreachable, ``error`` saying why.
     """
     running = _running_jobs()
     names = runtime.settings().contexts
@@ -152,6 +156,8 @@ def _client(name: str) -> ipp.Client:
 
 
 def _forget(name: str) -> None:
+    for key in [key for key in _asking if key[0] == name]:  # questions of the old client
+        del _asking[key]
     client = _clients.pop(name, None)
     if client is not None:
         client.close()
@@ -162,16 +168,22 @@ def _engines(name: str, client: ipp.Client, timeout: float) -> dict[str, Any]:
     status = _queue_status(client, timeout)
     ids = sorted(i for i in status if isinstance(i, int))
     uuids = {i: client._engines.get(i, str(i)) for i in ids}
-    unknown = [i for i in ids if (name, uuids[i]) not in _where]
-    if unknown:
-        answers = {i: client[i].apply_async(_whoami) for i in unknown}
-        for i, ar in answers.items():
-            try:
-                ar.wait(timeout / max(1, len(answers)))
-            except Exception:  # noqa: BLE001 -- busy or gone: ask again next time
-                continue
-            if ar.ready() and ar.successful():
-                _where[(name, uuids[i])] = tuple(ar.get())  # type: ignore[assignment]
+    unknown = {(name, uuids[i]): i for i in ids if (name, uuids[i]) not in _where}
+    for key, i in unknown.items():
+        if key not in _asking:  # one question per engine: a busy one answers after its job
+            _asking[key] = client[i].apply_async(_whoami)
+    deadline = time.monotonic() + timeout
+    for key in unknown:
+        ar = _asking[key]
+        try:
+            ar.wait(max(0.0, deadline - time.monotonic()))
+        except Exception:  # noqa: BLE001 -- gone: ask again next time
+            del _asking[key]
+            continue
+        if ar.ready():
+            del _asking[key]
+            if ar.successful():
+                _where[key] = tuple(ar.get())  # type: ignore[assignment]
     engines = []
     for i in ids:
         host, pid = _where.get((name, uuids[i]), (None, None))

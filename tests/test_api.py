@@ -25,9 +25,9 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import pytest
-from support import wait_for_status, wait_until_listening
+from support import sleeper, wait_for_status, wait_until_listening
 
-from moi import api, auth, keys, manager, nodes, redis_server, runtime
+from moi import api, auth, ctxs, keys, manager, nodes, redis_server, runtime
 from moi.group import create_info, get_id_from_user
 from moi.store import index_commands
 
@@ -576,3 +576,30 @@ def test_a_controller_that_never_answers_is_unreachable_within_the_limit(
         assert found["default"]["reachable"] and len(found["default"]["engines"]) == 2
     finally:
         fake.unlink()
+
+
+def test_busy_engines_show_their_job_and_are_asked_where_they_run_once(
+    moi_env: dict[str, str], user: str
+) -> None:
+    from moi import job
+
+    parent = get_id_from_user(user)
+    busy = [job.submit(None, parent, f"busy {n}", None, sleeper, 60)[0] for n in range(2)]
+    try:
+        for job_id in busy:
+            wait_for_status(job_id, "Running")
+        nodes._where.clear()  # as if the engines had never been asked
+        for _ in range(3):
+            found = {c["context"]: c for c in nodes.listing(timeout=0.5)}
+        engines = found["default"]["engines"]
+        assert sorted(e["running"]["id"] for e in engines) == sorted(busy)
+        for engine in engines:  # from the running job's info: engine N (host:pid)
+            assert engine["host"] and isinstance(engine["pid"], int)
+        client = ctxs["default"].client
+        queued = client.queue_status()
+        assert all(queued[e["id"]]["queue"] <= 1 for e in engines), queued  # one question each
+    finally:
+        for job_id in busy:
+            job.cancel(job_id)
+        for job_id in busy:
+            wait_for_status(job_id, "Cancelled")
