@@ -420,7 +420,8 @@ def test_failed_logins_are_rate_limited_per_address(
 ) -> None:
     with running_server() as url:
         for _ in range(10):
-            assert request(url, "GET", "/api/v1/jobs", "moi_00000000_" + "y" * 43)[0] == 401
+            status, answer, _ = request(url, "GET", "/api/v1/jobs", "moi_00000000_" + "y" * 43)
+            assert status == 401, (status, answer)
         status, answer, response = request(url, "GET", "/api/v1/jobs", people.keys["alice"])
         assert status == 429 and int(response.headers["Retry-After"]) > 0
         assert error_of(answer)
