@@ -243,7 +243,7 @@ class ApiHandler(tornado.web.RequestHandler):
         """The request's JSON object (400 when it is not one)."""
         try:
             value = json.loads(bytes(self._body) or b"{}")
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise ApiError(400, f"the body is not JSON: {exc}") from None
         if not isinstance(value, dict):
             raise ApiError(400, "the body must be a JSON object")
@@ -258,6 +258,8 @@ class ApiHandler(tornado.web.RequestHandler):
             return self.principal.user
         if not self.principal.admin:
             raise ApiError(403, "only an admin key may name another user")
+        if await astore().r.hget(keys.USER_ID_MAP, other) is None:  # never made by a look
+            raise ApiError(404, f"no user {other!r}")
         return other
 
     async def node(self, node_id: str, kind: str = "job") -> dict[str, Any]:

@@ -264,8 +264,9 @@ def test_bad_bodies_get_400_and_write_nothing(call: Api, body: Any, needle: str)
 
 
 def test_a_body_that_is_not_json_gets_400(url: str, people: People) -> None:
-    status, answer, _ = request(url, "POST", "/api/v1/jobs", people.keys["alice"], raw=b"{nope")
-    assert status == 400 and "not JSON" in error_of(answer)
+    for raw in (b"{nope", b"\xff\xfe", b"[" * 100_000 + b"]" * 100_000):
+        status, answer, _ = request(url, "POST", "/api/v1/jobs", people.keys["alice"], raw=raw)
+        assert status == 400 and "not JSON" in error_of(answer), raw[:10]
 
 
 def test_a_2_mb_body_is_refused_before_it_is_read(url: str, people: People) -> None:
@@ -365,6 +366,9 @@ def test_admin_lists_and_reads_any_users_jobs(call: Api) -> None:
     assert call("admin", "GET", f"/jobs/{info['id']}")[0] == 200
     status, answer = call("alice", "GET", "/jobs", user=call.people.names["bob"])
     assert status == 403 and "admin" in error_of(answer)
+    nobody = f"nobody-{uuid.uuid4().hex[:8]}"
+    assert call("admin", "GET", "/jobs", user=nobody)[0] == 404
+    assert runtime.redis_client().hget(keys.USER_ID_MAP, nobody) is None  # no user was made
 
 
 # -- changing -------------------------------------------------------------------------------
