@@ -517,6 +517,7 @@ class RetryHandler(SubmittingHandler):
                 "submit it again",
             )
         spec.update(name=info.get("name"), parent=None, pending=False)
+        spec.setdefault("context", info.get("context"))
         parent = info.get("parent")
         if not isinstance(parent, str):
             raise ApiError(400, f"job {job_id} has no parent group to retry it in")

@@ -27,7 +27,7 @@ from urllib.parse import urlencode, urlsplit
 import pytest
 from support import sleeper, wait_for_status, wait_until_listening
 
-from moi import api, auth, ctxs, keys, manager, nodes, redis_server, runtime
+from moi import api, auth, ctxs, job, keys, manager, nodes, redis_server, runtime
 from moi.group import create_info, get_id_from_user
 from moi.store import index_commands
 
@@ -393,6 +393,20 @@ def test_retry_runs_the_same_input_again_linked_by_retry_of(call: Api) -> None:
     assert again["result"]["pong"] == "again" and again["parent"] == first["parent"]
 
 
+def test_retry_a_template_job_made_in_python_and_refuse_an_unknown_input(call: Api) -> None:
+    made = manager.JobManager().create_job("made here", call.people.names["alice"], "pinger")
+    made.execute()
+    wait_for_status(made.id, "Success")
+    status, again = call("alice", "POST", f"/jobs/{made.id}/retry", wait=60)
+    assert status == 200 and again["retry_of"] == made.id
+    assert again["result"]["pong"] == "from the template"
+    group = get_id_from_user(call.people.names["alice"])
+    job_id, _, ar = job.submit(None, group, "a function", None, sleeper, 0)
+    wait_for_status(job_id, "Success")
+    status, answer = call("alice", "POST", f"/jobs/{job_id}/retry")
+    assert status == 400 and "not known" in error_of(answer)
+
+
 def test_delete_detaches_the_job(call: Api) -> None:
     info = call.ping()
     assert call("bob", "DELETE", f"/jobs/{info['id']}")[0] == 404
@@ -586,8 +600,6 @@ def test_a_controller_that_never_answers_is_unreachable_within_the_limit(
 def test_busy_engines_show_their_job_and_are_asked_where_they_run_once(
     moi_env: dict[str, str], user: str
 ) -> None:
-    from moi import job
-
     parent = get_id_from_user(user)
     busy = [job.submit(None, parent, f"busy {n}", None, sleeper, 60)[0] for n in range(2)]
     try:
