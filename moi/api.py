@@ -720,13 +720,15 @@ def _since(raw: str | None) -> float | None:
     if raw is None:
         return None
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(raw).timestamp()
-    except ValueError:
-        raise ApiError(400, f"since must be epoch seconds or an ISO date, not {raw!r}") from None
+        try:
+            value = datetime.fromisoformat(raw).timestamp()
+        except (ValueError, OverflowError, OSError):
+            value = math.nan
+    if not math.isfinite(value):
+        raise ApiError(400, f"since must be epoch seconds or an ISO date, not {raw!r}")
+    return value
 
 
 def _cursor(raw: str | None) -> listing.Entry | None:

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -324,15 +325,14 @@ def test_list_newest_first_with_filters_and_a_cursor(call: Api) -> None:
 
 
 def test_list_refuses_bad_parameters(call: Api) -> None:
-    for query in (
-        {"limit": 1001},
-        {"limit": 0},
-        {"limit": "x"},
-        {"cursor": "nope"},
-        {"since": "soon"},
-    ):
-        status, answer = call("alice", "GET", "/jobs", **query)
+    bad = ["limit=1001", "limit=0", "limit=x", "cursor=nope", "cursor=nan~x", "since=soon"]
+    bad += ["since=nan", "since=inf", "since=-1e999", "limit=nan"]
+    for query in bad:
+        name, value = query.split("=")
+        status, answer = call("alice", "GET", "/jobs", **{name: value})
         assert status == 400 and error_of(answer), query
+    since = datetime.now().isoformat()  # an ISO date works
+    assert call("alice", "GET", "/jobs", since=since)[0] == 200
 
 
 def test_list_pages_through_same_time_jobs_without_loss(call: Api) -> None:
