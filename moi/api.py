@@ -792,13 +792,21 @@ def _op(
     body: str | None = None,
     query: tuple[str, ...] = (),
     key: bool = True,
+    answer: str | None = None,
 ) -> dict[str, Any]:
-    """One OpenAPI operation: its answers (``"200 404"``; 401 and 429 added with ``key``)."""
+    """One OpenAPI operation: its answers (``"200 404"``; 401 and 429 added with ``key``).
+
+    ``answer`` names the schema of the 200/201/202 answers (a job's ``Info``, say).
+    """
     codes = [int(code) for code in responses.split()] + ([401, 429] if key else [])
+    good = {"$ref": f"#/components/schemas/{answer}"} if answer else None
     op: dict[str, Any] = {
         "summary": summary,
         "responses": {
-            str(code): {"description": _DESCRIPTIONS[code], "content": _json(_SCHEMA_OF.get(code))}
+            str(code): {
+                "description": _DESCRIPTIONS[code],
+                "content": _json(good if code < 300 else _SCHEMA_OF.get(code)),
+            }
             for code in codes
         },
         "parameters": [
@@ -856,23 +864,35 @@ _OPERATIONS: dict[str, dict[str, Any]] = {
             "List your jobs, newest first",
             "200 400 403",
             query=("limit", "cursor", "status", "name", "type", "since", "user"),
+            answer="Page",
         ),
         "post": _op(
             "Submit a job (type + environ, template + params, or cmd)",
             "201 200 202 400 403 404 413 503",
             body="Submission",
             query=("wait", "user"),
+            answer="Info",
         ),
     },
     "/jobs/{job_id}": {
-        "get": _op("A job's info object (with wait: once it ends)", "200 404", query=("wait",)),
+        "get": _op(
+            "A job's info object (with wait: once it ends)",
+            "200 404",
+            query=("wait",),
+            answer="Info",
+        ),
         "delete": _op("Detach a job from its tree", "200 403 404"),
     },
     "/jobs/{job_id}/cancel": {"post": _op("Cancel a job", "200 403 404 409")},
     "/jobs/{job_id}/retry": {
-        "post": _op("Run a job again with its input", "201 200 202 400 403 404", query=("wait",))
+        "post": _op(
+            "Run a job again with its input",
+            "201 200 202 400 403 404",
+            query=("wait",),
+            answer="Info",
+        )
     },
-    "/jobs/{job_id}/run": {"post": _op("Run a Pending job", "200 403 404 409")},
+    "/jobs/{job_id}/run": {"post": _op("Run a Pending job", "200 403 404 409", answer="Info")},
     "/groups/{group_id}": {"get": _op("A group and every node under it", "200 404")},
     "/types": {"get": _op("The job types", "200")},
     "/templates": {"get": _op("The job templates", "200")},
@@ -913,6 +933,33 @@ def openapi() -> dict[str, Any]:
                     "type": "object",
                     "properties": {
                         "error": {"type": "object", "properties": {"message": {"type": "string"}}}
+                    },
+                },
+                "Info": {
+                    "type": "object",
+                    "description": "A job's info object (the Redis protocol's), plus any "
+                    "optional fields (job_type, template, retry_of, engine, ...)",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "name": {"type": "string"},
+                        "type": {"type": "string", "enum": ["job", "group"]},
+                        "status": {"type": "string", "nullable": True},
+                        "parent": {"type": "string", "nullable": True},
+                        "context": {"type": "string"},
+                        "result": {"nullable": True},
+                        "date_created": {"type": "string"},
+                        "date_start": {"type": "string", "nullable": True},
+                        "date_end": {"type": "string", "nullable": True},
+                        "job_type": {"type": "string"},
+                        "retry_of": {"type": "string"},
+                    },
+                    "required": ["id", "name", "type", "status"],
+                },
+                "Page": {
+                    "type": "object",
+                    "properties": {
+                        "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Info"}},
+                        "next": {"type": "string", "nullable": True},
                     },
                 },
                 "Submission": {

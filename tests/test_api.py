@@ -527,6 +527,10 @@ def test_the_openapi_document_matches_the_routes(call: Api, url: str) -> None:
         for method in ops
     }
     assert routes == documented
+    refs = re.findall(r'"\$ref": "#/components/schemas/(\w+)"', json.dumps(doc))
+    assert refs and set(refs) <= set(doc["components"]["schemas"])
+    info = call.ping()  # a real answer has what the Info schema requires
+    assert set(doc["components"]["schemas"]["Info"]["required"]) <= set(info)
     for path, ops in doc["paths"].items():  # each documented route answers (not a 404 page)
         probe = path.replace("{job_id}", "x").replace("{group_id}", "x")
         status, answer = call(
