@@ -1,7 +1,7 @@
 """api: the JSON API of ``moi serve`` (``/api/v1/``) beside the Python API, same cluster.
 
 ``api_submit``: typed ``ping`` jobs POSTed to ``/api/v1/jobs`` by 50 concurrent
-HTTP clients (Tornado's AsyncHTTPClient) of a multi-user ``moi serve``
+HTTP clients (keep-alive connections) of a multi-user ``moi serve``
 process, until every job has ended, in jobs/s; the baseline submits the same
 jobs with ``moi.job.submit_type`` in a loop in this process.  Both sides end
 when Redis shows every job finished; they take turns going first over several
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from typing import Any
 
 from results import Result
 from services import wait_for_port
-from tornado.httpclient import AsyncHTTPClient, HTTPClient, HTTPRequest
+from tornado.httpclient import HTTPClient
 
 from moi import auth, job, keys, redis_server, runtime
 from moi.context import resolve
@@ -38,25 +39,15 @@ from moi.store import decode, index_commands
 
 CLIENTS = 50
 ROUNDS = 3
-#: A multi-user ``moi serve`` app: ``python -c SERVE PORT``.
-SERVE = """
-import asyncio, sys
-from moi.web import make_app
-
-async def main():
-    app = make_app(multi_user=True, cookie_secret="bench-api")
-    app.listen(int(sys.argv[1]), address="127.0.0.1", backlog=1024)
-    await asyncio.Event().wait()
-
-asyncio.run(main())
-"""
 
 
 @contextmanager
 def api_server() -> Iterator[str]:
-    """A multi-user ``moi serve`` process on a free loopback port; its URL."""
+    """``moi serve`` on a free loopback port (multi-user: no token, keys exist); its URL."""
     port = redis_server.free_port()
-    proc = subprocess.Popen([sys.executable, "-c", SERVE, str(port)])
+    env = {k: v for k, v in os.environ.items() if k != "MOI_TOKEN"}
+    command = [sys.executable, "-m", "moi.cli", "serve", "--port", str(port)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
     try:
         wait_for_port(port, 60, proc)
         yield f"http://127.0.0.1:{port}"
@@ -66,34 +57,56 @@ def api_server() -> Iterator[str]:
 
 
 def wait_all_ended(ids: list[str], timeout: float = 600) -> None:
-    """Block until Redis shows every job of ``ids`` finished."""
+    """Block until Redis shows every job of ``ids`` finished.
+
+    Jobs finish about in the order they were submitted: each look reads the
+    first 50 not seen finished, so waiting costs little CPU beside the jobs.
+    """
     r, left = runtime.redis_client(), list(ids)
     deadline = time.monotonic() + timeout
     while left:
-        raws = r.mget([keys.info(i) for i in left])
-        left = [
-            i
-            for i, raw in zip(left, raws, strict=True)
-            if not is_terminal((decode(raw) or {}).get("status"))
-        ]
+        head = left[:50]
+        statuses = [(decode(raw) or {}).get("status") for raw in r.mget(head)]
+        unfinished = [i for i, s in zip(head, statuses, strict=True) if not is_terminal(s)]
+        left = unfinished + left[50:]
         if time.monotonic() > deadline:
             raise TimeoutError(f"{len(left)} jobs still running after {timeout} s")
-        if left:
-            time.sleep(0.01)
+        if unfinished:
+            time.sleep(0.005)
 
 
 async def _post_all(url: str, key: str, jobs: int) -> list[str]:
-    client = AsyncHTTPClient(max_clients=CLIENTS)
-    body = json.dumps({"type": "ping", "environ": {"ping": 1}})
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    """POST ``jobs`` typed pings from :data:`CLIENTS` keep-alive connections; their ids.
+
+    A minimal HTTP/1.1 client on asyncio streams: Tornado's simple client opens
+    a connection per request, which would measure the load generator.
+    """
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps({"type": "ping", "environ": {"ping": 1}}).encode()
+    head = (
+        f"POST /api/v1/jobs HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
     ids: list[str] = []
     counter = iter(range(jobs))
 
     async def worker() -> None:
-        for _ in counter:
-            request = HTTPRequest(f"{url}/api/v1/jobs", "POST", headers, body, request_timeout=600)
-            answer = await client.fetch(request)
-            ids.append(json.loads(answer.body)["id"])
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            for _ in counter:
+                writer.write(head + body)
+                status = await reader.readline()
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.decode().partition(":")
+                    if name.lower() == "content-length":
+                        length = int(value)
+                answer = await reader.readexactly(length)
+                if b" 201 " not in status:
+                    raise RuntimeError(f"POST /api/v1/jobs: {status!r} {answer[:200]!r}")
+                ids.append(json.loads(answer)["id"])
+        finally:
+            writer.close()
 
     await asyncio.gather(*(worker() for _ in range(CLIENTS)))
     return ids

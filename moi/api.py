@@ -9,8 +9,7 @@ dashboard's cookie plus its XSRF token).  Errors are ``{"error": {"message":
 (unknown id, and another user's id alike), 409 (already finished), 413 (body
 over :data:`MAX_BODY` bytes) and 429 (too many failed logins).
 
-A user's jobs are listed newest first from the per-group indexes of jobs by
-creation time (:func:`moi.keys.jobs_index`), a page at a time.
+A user's jobs are listed newest first a page at a time (:mod:`moi.listing`).
 """
 
 from __future__ import annotations
@@ -27,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 import tornado.web
 from tornado import httputil
 
-from moi import connection, job, keys, nodes, runtime, webauth
+from moi import connection, job, keys, listing, nodes, runtime, webauth
 from moi.astore import AsyncStore
-from moi.errors import InvalidIdError, MoiError, UnknownIdError
+from moi.errors import ClusterUnavailableError, InvalidIdError, MoiError, UnknownIdError
 from moi.status import Status, is_terminal
 from moi.store import decode, text
 
@@ -40,13 +39,6 @@ if TYPE_CHECKING:
 PREFIX = "/api/v1"
 #: Largest request body accepted (bytes).
 MAX_BODY = 1 << 20
-#: Largest page of ``GET /jobs``.
-MAX_LIMIT = 1000
-#: Most index entries one ``GET /jobs`` examines (a filtered page may come back short,
-#: with a cursor to go on).
-MAX_SCAN = 20_000
-#: Most groups under a user whose jobs ``GET /jobs`` lists.
-MAX_GROUPS = 10_000
 #: Longest ``?wait=`` (seconds).
 MAX_WAIT = 3600.0
 #: Fields a ``POST /jobs`` body may hold.
@@ -73,6 +65,85 @@ def astore() -> AsyncStore:
     return found
 
 
+#: Group id of each user seen (a user's group never changes), at most :data:`MAX_USERS`.
+_groups: dict[str, str] = {}
+MAX_USERS = 100_000
+
+
+async def user_group(user: str) -> str:
+    """The group id of ``user``, made on first use (remembered: it never changes)."""
+    group = _groups.get(user)
+    if group is None:
+        group = await astore().user_group(user)
+        if len(_groups) >= MAX_USERS:
+            _groups.clear()
+        _groups[user] = group
+    return group
+
+
+class _Batches:
+    """Submissions waiting for :data:`moi.job.submitter`, handed over a batch at a time.
+
+    Many requests submitting at once cost one thread hand-over per batch
+    instead of one per job.
+    """
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
+        self.draining = False
+
+    async def run(self, func: Callable[..., Any], *args: Any) -> Any:
+        """``func(*args)`` on the submitting thread, with whatever else is waiting."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        self.waiting.append((func, args, done))
+        if not self.draining:
+            self.draining = True
+            task = loop.create_task(self._drain())
+            _draining.add(task)
+            task.add_done_callback(_draining.discard)
+        return await done
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self.waiting:
+                batch, self.waiting = self.waiting, []
+                try:
+                    outcomes = await loop.run_in_executor(job.submitter, _run_all, batch)
+                except Exception as exc:  # noqa: BLE001 -- no thread to run on: each request hears
+                    outcomes = [(False, exc)] * len(batch)
+                for (_, _, done), (ok, value) in zip(batch, outcomes, strict=True):
+                    if done.done():
+                        continue
+                    if ok:
+                        done.set_result(value)
+                    else:
+                        done.set_exception(value)
+        finally:
+            self.draining = False
+
+
+def _run_all(
+    batch: list[tuple[Callable[..., Any], tuple[Any, ...], Any]],
+) -> list[tuple[bool, Any]]:
+    """Run each call of ``batch``; ``(True, result)`` or ``(False, exception)`` each."""
+    outcomes: list[tuple[bool, Any]] = []
+    for func, args, _ in batch:
+        try:
+            outcomes.append((True, func(*args)))
+        except Exception as exc:  # noqa: BLE001 -- handed back to its own request
+            outcomes.append((False, exc))
+    return outcomes
+
+
+_batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batches] = (
+    weakref.WeakKeyDictionary()
+)
+#: Drain tasks running (kept referenced until they end).
+_draining: set[asyncio.Task[None]] = set()
+
+
 class ApiError(tornado.web.HTTPError):
     """An API error: ``status`` and the message the client reads."""
 
@@ -87,6 +158,8 @@ def _status_of(exc: MoiError) -> int:
 
     if isinstance(exc, UnknownIdError | InvalidIdError):
         return 404
+    if isinstance(exc, ClusterUnavailableError):
+        return 503
     if isinstance(exc, manager.JobFinishedError):
         return 409
     if isinstance(exc, manager.CallbackSecretError):
@@ -158,10 +231,10 @@ class ApiHandler(tornado.web.RequestHandler):
 
     async def call(self, func: Callable[..., Any], *args: Any, submit: bool = False) -> Any:
         """``func(*args)`` off the loop (on the submit thread with ``submit``), errors mapped."""
-        loop = asyncio.get_running_loop()
         try:
             if submit:
-                return await loop.run_in_executor(job.submitter, func, *args)
+                batches = _batches.setdefault(asyncio.get_running_loop(), _Batches())
+                return await batches.run(func, *args)
             return await asyncio.to_thread(func, *args)
         except MoiError as exc:
             raise ApiError(_status_of(exc), str(exc)) from None
@@ -170,7 +243,7 @@ class ApiHandler(tornado.web.RequestHandler):
         """The request's JSON object (400 when it is not one)."""
         try:
             value = json.loads(bytes(self._body) or b"{}")
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise ApiError(400, f"the body is not JSON: {exc}") from None
         if not isinstance(value, dict):
             raise ApiError(400, "the body must be a JSON object")
@@ -185,6 +258,8 @@ class ApiHandler(tornado.web.RequestHandler):
             return self.principal.user
         if not self.principal.admin:
             raise ApiError(403, "only an admin key may name another user")
+        if await astore().r.hget(keys.USER_ID_MAP, other) is None:  # never made by a look
+            raise ApiError(404, f"no user {other!r}")
         return other
 
     async def node(self, node_id: str, kind: str = "job") -> dict[str, Any]:
@@ -196,8 +271,8 @@ class ApiHandler(tornado.web.RequestHandler):
             raise ApiError(404, f"no {kind} {node_id}")
         if self.principal.admin:
             return info
-        group = await store.user_group(self.principal.user)
-        if not await _in_tree(store, info, group):
+        group = await user_group(self.principal.user)
+        if node_id != group and not await _in_tree(store, info, group):
             raise ApiError(404, f"no {kind} {node_id}")
         return info
 
@@ -349,16 +424,19 @@ async def wait_for_end(job_id: str, seconds: float) -> dict[str, Any]:
 class SubmittingHandler(ApiHandler):
     """What submitting routes share: keeping a job's input, answering with its info."""
 
-    async def keep_input(self, job_id: str, spec: dict[str, Any]) -> None:
-        """Keep what a retry of ``job_id`` needs (as long as its info object lives)."""
-        store = astore()
-        await store.r.set(keys.job_input(job_id), stored_input(spec), ex=store.key_timeout)
+    async def answer_submitted(self, job_id: str, spec: dict[str, Any], wait: float | None) -> None:
+        """Keep what a retry needs; answer 201 with the new job's info.
 
-    async def answer_submitted(self, job_id: str, wait: float | None) -> None:
-        """201 with the new job's info; with ``wait``, 200 once it ended or 202 as it is then."""
+        With ``wait``: 200 with its final info once it ended, or 202 with it as
+        it is after ``wait`` seconds.
+        """
+        store = astore()
+        async with store.r.pipeline(transaction=False) as pipe:
+            pipe.set(keys.job_input(job_id), stored_input(spec), ex=store.key_timeout)
+            pipe.get(keys.info(job_id))
+            _, raw = await pipe.execute()
         if wait is None:
-            info = decode(await astore().r.get(keys.info(job_id)))
-            self.send(info, 201)
+            self.send(decode(raw), 201)
             return
         info = await wait_for_end(job_id, wait)
         self.send(info, 200 if is_terminal(info.get("status")) else 202)
@@ -375,13 +453,13 @@ class JobsHandler(SubmittingHandler):
         if parent is not None:
             await self.node(parent, "group")
         else:
-            parent = await astore().user_group(user)
+            parent = await user_group(user)
         job_id = await self.call(run_submission, spec, user, parent, None, submit=True)
-        await self.keep_input(job_id, spec)
-        await self.answer_submitted(job_id, wait)
+        await self.answer_submitted(job_id, spec, wait)
 
     async def get(self) -> None:
-        limit = int(_number(self.get_query_argument("limit", "100"), "limit", 1, MAX_LIMIT) or 1)
+        raw_limit = self.get_query_argument("limit", "100")
+        limit = int(_number(raw_limit, "limit", 1, listing.MAX_LIMIT) or 1)
         since = _since(self.get_query_argument("since", None))
         cursor = _cursor(self.get_query_argument("cursor", None))
         wanted = {
@@ -390,8 +468,8 @@ class JobsHandler(SubmittingHandler):
             "type": self.get_query_argument("type", None),
         }
         store = astore()
-        group = await store.user_group(await self.user())
-        jobs, after = await list_jobs(store, group, limit, cursor, since, wanted)
+        group = await user_group(await self.user())
+        jobs, after = await listing.page(store, group, limit, cursor, since, wanted)
         self.send({"jobs": jobs, "next": after})
 
 
@@ -439,14 +517,14 @@ class RetryHandler(SubmittingHandler):
                 "submit it again",
             )
         spec.update(name=info.get("name"), parent=None, pending=False)
+        spec.setdefault("context", info.get("context"))
         parent = info.get("parent")
         if not isinstance(parent, str):
             raise ApiError(400, f"job {job_id} has no parent group to retry it in")
         owner = await self.owner_of(info)
         wait = _number(self.get_query_argument("wait", None), "wait", 0, MAX_WAIT)
         new_id = await self.call(run_submission, spec, owner, parent, job_id, submit=True)
-        await self.keep_input(new_id, spec)
-        await self.answer_submitted(new_id, wait)
+        await self.answer_submitted(new_id, spec, wait)
 
     async def owner_of(self, info: dict[str, Any]) -> str:
         """The user whose tree ``info`` is in (the key's user unless an admin acts)."""
@@ -539,7 +617,7 @@ class NodesHandler(ApiHandler):
         assert self.principal is not None
         if not self.principal.admin:  # another user's job is shown, never named
             store = astore()
-            group = await store.user_group(self.principal.user)
+            group = await user_group(self.principal.user)
             for engine in (e for context in found for e in context["engines"]):
                 running = engine["running"]
                 info = decode(await store.r.get(keys.info(running["id"]))) if running else None
@@ -576,6 +654,10 @@ class CallbackHandler(ApiHandler):
     """``/callback/{id}``: an outside process reports a job's status with its secret."""
 
     authenticated = False
+
+    def _request_summary(self) -> str:
+        """What the access log shows: never the query, which holds the job's secret."""
+        return f"{self.request.method} {self.request.path} ({self.request.remote_ip})"
 
     async def get(self, job_id: str) -> None:
         await self.report(job_id)
@@ -620,7 +702,7 @@ class CallbackHandler(ApiHandler):
         self.send({"success": True})
 
 
-# -- listing ------------------------------------------------------------------------------
+# -- query arguments ----------------------------------------------------------------------
 def _number(raw: str | None, name: str, low: float, high: float) -> float | None:
     if raw is None:
         return None
@@ -638,16 +720,18 @@ def _since(raw: str | None) -> float | None:
     if raw is None:
         return None
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(raw).timestamp()
-    except ValueError:
-        raise ApiError(400, f"since must be epoch seconds or an ISO date, not {raw!r}") from None
+        try:
+            value = datetime.fromisoformat(raw).timestamp()
+        except (ValueError, OverflowError, OSError):
+            value = math.nan
+    if not math.isfinite(value):
+        raise ApiError(400, f"since must be epoch seconds or an ISO date, not {raw!r}")
+    return value
 
 
-def _cursor(raw: str | None) -> tuple[float, str] | None:
+def _cursor(raw: str | None) -> listing.Entry | None:
     """A ``next`` cursor: ``<creation epoch>~<job id>`` of the last job returned."""
     if raw is None:
         return None
@@ -659,102 +743,6 @@ def _cursor(raw: str | None) -> tuple[float, str] | None:
     if not math.isfinite(value) or not _is_id(node_id):
         raise ApiError(400, f"malformed cursor {raw!r}: pass on the next of a previous page")
     return value, node_id
-
-
-async def _groups_under(store: AsyncStore, root: str) -> list[str]:
-    """``root`` and the groups created under it, at most :data:`MAX_GROUPS`."""
-    found, level = [root], [root]
-    while level and len(found) < MAX_GROUPS:
-        async with store.r.pipeline(transaction=False) as pipe:
-            for group in level:
-                pipe.zrange(keys.groups_index(group), 0, -1)
-            answers = await pipe.execute()
-        level = [text(g) for answer in answers for g in answer][: MAX_GROUPS - len(found)]
-        found += level
-    return found
-
-
-Entry = tuple[float, str]
-
-
-async def _fetch(
-    store: AsyncStore, index: list[str], below: Entry | None, low: str, size: int
-) -> tuple[list[Entry], Entry | None]:
-    """The next entries of ``index`` (newest first) below ``below``, safe to return in order.
-
-    Returns the merged entries and the boundary: entries past it may still
-    miss some of a key not read to its end (``None`` when every key was).
-    """
-    high = "+inf" if below is None else repr(below[0])
-    async with store.r.pipeline(transaction=False) as pipe:
-        for key in index:
-            if below is not None:  # same creation time, smaller id: not returned yet
-                pipe.zrangebyscore(key, high, high, withscores=True)
-            pipe.zrevrangebyscore(
-                key, high if below is None else f"({high}", low, 0, size, withscores=True
-            )
-        answers = await pipe.execute()
-    merged: list[Entry] = []
-    boundary: Entry | None = None
-    step = 1 if below is None else 2
-    for n in range(len(index)):
-        rest = [(float(s), text(m)) for m, s in answers[n * step + step - 1]]
-        if below is not None:
-            ties = [(float(s), text(m)) for m, s in answers[n * step]]
-            merged += [e for e in ties if e[1] < below[1]]
-        merged += rest
-        if len(rest) == size and (boundary is None or rest[-1] > boundary):
-            boundary = rest[-1]
-    merged.sort(reverse=True)
-    if boundary is not None:
-        merged = [e for e in merged if e >= boundary]
-    return merged, boundary
-
-
-def _matches(info: dict[str, Any], wanted: dict[str, str | None]) -> bool:
-    if wanted["status"] is not None and info.get("status") != wanted["status"]:
-        return False
-    if wanted["type"] is not None and info.get("job_type") != wanted["type"]:
-        return False
-    name = wanted["name"]
-    return name is None or name.lower() in str(info.get("name", "")).lower()
-
-
-async def list_jobs(
-    store: AsyncStore,
-    group: str,
-    limit: int,
-    cursor: Entry | None,
-    since: float | None,
-    wanted: dict[str, str | None],
-) -> tuple[list[dict[str, Any]], str | None]:
-    """A page of the jobs under ``group``, newest first, and the cursor of the next page."""
-    index = [keys.jobs_index(g) for g in await _groups_under(store, group)]
-    low = "-inf" if since is None else repr(since)
-    out: list[dict[str, Any]] = []
-    scanned = 0
-    filtered = any(v is not None for v in wanted.values())
-    size = min(MAX_LIMIT, limit * 4 if filtered else limit)
-    while True:
-        entries, boundary = await _fetch(store, index, cursor, low, size)
-        if not entries:
-            return out, None
-        raws = await store.r.mget([keys.info(e[1]) for e in entries])
-        for entry, raw in zip(entries, raws, strict=True):
-            cursor, scanned = entry, scanned + 1
-            info = decode(raw)
-            if info is not None and info.get("type") == "job" and _matches(info, wanted):
-                out.append(info)
-                if len(out) == limit:
-                    return out, _cursor_text(cursor)
-        if boundary is None:
-            return out, None
-        if scanned >= MAX_SCAN:
-            return out, _cursor_text(cursor)
-
-
-def _cursor_text(entry: Entry | None) -> str | None:
-    return None if entry is None else f"{entry[0]!r}~{entry[1]}"
 
 
 # -- routes and their document ----------------------------------------------------------
@@ -798,12 +786,28 @@ def handlers(server: ServerConfig) -> list[tornado.web.URLSpec]:
     ]
 
 
-def _op(summary: str, *responses: int, body: str | None = None, query: tuple[str, ...] = ()) -> Any:
+def _op(
+    summary: str,
+    responses: str,
+    body: str | None = None,
+    query: tuple[str, ...] = (),
+    key: bool = True,
+    answer: str | None = None,
+) -> dict[str, Any]:
+    """One OpenAPI operation: its answers (``"200 404"``; 401 and 429 added with ``key``).
+
+    ``answer`` names the schema of the 200/201/202 answers (a job's ``Info``, say).
+    """
+    codes = [int(code) for code in responses.split()] + ([401, 429] if key else [])
+    good = {"$ref": f"#/components/schemas/{answer}"} if answer else None
     op: dict[str, Any] = {
         "summary": summary,
         "responses": {
-            str(code): {"description": _DESCRIPTIONS[code], "content": _json(_SCHEMA_OF.get(code))}
-            for code in responses
+            str(code): {
+                "description": _DESCRIPTIONS[code],
+                "content": _json(good if code < 300 else _SCHEMA_OF.get(code)),
+            }
+            for code in codes
         },
         "parameters": [
             {"name": q, "in": "query", "required": False, "schema": _QUERY[q]} for q in query
@@ -814,6 +818,8 @@ def _op(summary: str, *responses: int, body: str | None = None, query: tuple[str
             "required": True,
             "content": _json({"$ref": f"#/components/schemas/{body}"}),
         }
+    if key:
+        op["security"] = [{"bearer": []}]
     return op
 
 
@@ -832,7 +838,7 @@ _DESCRIPTIONS = {
     409: "Already finished / not Pending",
     413: "Body too large",
     429: "Too many failed logins from this address",
-    503: "Not ok",
+    503: "Not ok (health); no cluster reachable for the context (submit)",
 }
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _SCHEMA_OF: dict[int, dict[str, Any]] = {
@@ -840,7 +846,7 @@ _SCHEMA_OF: dict[int, dict[str, Any]] = {
 }
 _QUERY: dict[str, dict[str, Any]] = {
     "wait": {"type": "number", "minimum": 0, "maximum": MAX_WAIT},
-    "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100},
+    "limit": {"type": "integer", "minimum": 1, "maximum": listing.MAX_LIMIT, "default": 100},
     "cursor": {"type": "string"},
     "status": {"type": "string"},
     "name": {"type": "string"},
@@ -850,68 +856,55 @@ _QUERY: dict[str, dict[str, Any]] = {
     "secret": {"type": "string"},
     "result": {"type": "string", "description": "JSON or text"},
 }
-_AUTH = (401, 429)
 
 #: Each route's operations: method -> operation.
 _OPERATIONS: dict[str, dict[str, Any]] = {
     "/jobs": {
         "get": _op(
             "List your jobs, newest first",
-            200,
-            400,
-            403,
-            *_AUTH,
+            "200 400 403",
             query=("limit", "cursor", "status", "name", "type", "since", "user"),
+            answer="Page",
         ),
         "post": _op(
             "Submit a job (type + environ, template + params, or cmd)",
-            201,
-            200,
-            202,
-            400,
-            403,
-            404,
-            413,
-            *_AUTH,
+            "201 200 202 400 403 404 413 503",
             body="Submission",
             query=("wait", "user"),
+            answer="Info",
         ),
     },
     "/jobs/{job_id}": {
         "get": _op(
-            "A job's info object (with wait: once it ends)", 200, 404, *_AUTH, query=("wait",)
+            "A job's info object (with wait: once it ends)",
+            "200 404",
+            query=("wait",),
+            answer="Info",
         ),
-        "delete": _op("Detach a job from its tree", 200, 403, 404, *_AUTH),
+        "delete": _op("Detach a job from its tree", "200 403 404"),
     },
-    "/jobs/{job_id}/cancel": {"post": _op("Cancel a job", 200, 403, 404, 409, *_AUTH)},
+    "/jobs/{job_id}/cancel": {"post": _op("Cancel a job", "200 403 404 409")},
     "/jobs/{job_id}/retry": {
         "post": _op(
-            "Run a job again with the same input",
-            201,
-            200,
-            202,
-            400,
-            403,
-            404,
-            *_AUTH,
+            "Run a job again with its input",
+            "201 200 202 400 403 404",
             query=("wait",),
-        ),
+            answer="Info",
+        )
     },
-    "/jobs/{job_id}/run": {"post": _op("Run a Pending job", 200, 403, 404, 409, *_AUTH)},
-    "/groups/{group_id}": {"get": _op("A group and every node under it", 200, 404, *_AUTH)},
-    "/types": {"get": _op("The job types", 200, *_AUTH)},
-    "/templates": {"get": _op("The job templates", 200, *_AUTH)},
-    "/nodes": {"get": _op("Engines per context", 200, *_AUTH)},
-    "/health": {"get": _op("Whether Redis and each context answer", 200, 503)},
-    "/openapi.json": {"get": _op("This document", 200)},
+    "/jobs/{job_id}/run": {"post": _op("Run a Pending job", "200 403 404 409", answer="Info")},
+    "/groups/{group_id}": {"get": _op("A group and every node under it", "200 404")},
+    "/types": {"get": _op("The job types", "200")},
+    "/templates": {"get": _op("The job templates", "200")},
+    "/nodes": {"get": _op("Engines per context", "200")},
+    "/health": {"get": _op("Whether Redis and each context answer", "200 503", key=False)},
+    "/openapi.json": {"get": _op("This document", "200", key=False)},
     "/callback/{job_id}": {
         method: _op(
-            "Report a job's status (secret)",
-            200,
-            400,
-            403,
-            409,
+            "Report a job's status (with its secret)",
+            "200 400 403 409",
             query=("secret", "status", "result"),
+            key=False,
         )
         for method in ("get", "post")
     },
@@ -927,12 +920,7 @@ def openapi() -> dict[str, Any]:
             for p in re.findall(r"\{(\w+)\}", path)
         ]
         paths[PREFIX + path] = {
-            method: {
-                **op,
-                "parameters": [*params, *op["parameters"]],
-                **({} if path in _OPEN else {"security": [{"bearer": []}]}),
-            }
-            for method, op in ops.items()
+            method: {**op, "parameters": [*params, *op["parameters"]]} for method, op in ops.items()
         }
     return {
         "openapi": "3.0.3",
@@ -945,6 +933,33 @@ def openapi() -> dict[str, Any]:
                     "type": "object",
                     "properties": {
                         "error": {"type": "object", "properties": {"message": {"type": "string"}}}
+                    },
+                },
+                "Info": {
+                    "type": "object",
+                    "description": "A job's info object (the Redis protocol's), plus any "
+                    "optional fields (job_type, template, retry_of, engine, ...)",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "name": {"type": "string"},
+                        "type": {"type": "string", "enum": ["job", "group"]},
+                        "status": {"type": "string", "nullable": True},
+                        "parent": {"type": "string", "nullable": True},
+                        "context": {"type": "string"},
+                        "result": {"nullable": True},
+                        "date_created": {"type": "string"},
+                        "date_start": {"type": "string", "nullable": True},
+                        "date_end": {"type": "string", "nullable": True},
+                        "job_type": {"type": "string"},
+                        "retry_of": {"type": "string"},
+                    },
+                    "required": ["id", "name", "type", "status"],
+                },
+                "Page": {
+                    "type": "object",
+                    "properties": {
+                        "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Info"}},
+                        "next": {"type": "string", "nullable": True},
                     },
                 },
                 "Submission": {
@@ -966,6 +981,3 @@ def openapi() -> dict[str, Any]:
             },
         },
     }
-
-
-_OPEN = {"/health", "/openapi.json", "/callback/{job_id}"}

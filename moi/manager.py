@@ -350,8 +350,8 @@ class JobManager:
         """Group id of ``user`` (made on first use when ``create``; else ``None`` if none)."""
         keys.check_user_name(user)
         found = self.store.r.hget(keys.USER_ID_MAP, user)
-        if found is None and not create:
-            return None
+        if not create:
+            return None if found is None else keys.check_node_id(text(found), "group id")
         if found is None or self.store.get(text(found)) is None:
             from moi.group import get_id_from_user
 

@@ -16,6 +16,7 @@ import concurrent.futures
 import os
 import re
 import socket
+import time
 from typing import Any, cast
 
 import ipyparallel as ipp
@@ -27,12 +28,15 @@ from moi.store import text
 
 #: Seconds one context may take to answer, by default.
 TIMEOUT = 5.0
-#: The thread every query runs on (ipyparallel clients are not thread-safe).
-_worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="moi-nodes")
+#: One thread per context runs its queries (ipyparallel clients are not thread-safe), so a
+#: controller that hangs holds up its own context only.
+_workers: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
 #: Clients of this module, by context name (used on ``_worker`` only).
 _clients: dict[str, ipp.Client] = {}
 #: Host and pid of each engine that answered, by (context, engine uuid).
 _where: dict[tuple[str, str], tuple[str, int]] = {}
+#: Questions for host and pid not answered yet, by (context, engine uuid).
+_asking: dict[tuple[str, str], Any] = {}
 #: ``engine 3 (host:pid)``, as a running job's ``engine`` field says.
 _ENGINE = re.compile(r"engine (\d+) \((.*):(\d+)\)$")
 
@@ -58,11 +62,18 @@ def listing(timeout: float = TIMEOUT) -> list[dict[str, Any]]:
     list of dict
         One per context: ``context``, ``reachable`` (bool), ``controller``
         (its address, or ``None``), ``engines`` (each with ``id``, ``host``,
-        ``pid``, ``running`` (``{"id", "name"}`` or ``None``), ``queue``,
-        ``done``) and, when unreachable, ``error`` saying why.
+        ``pid``, ``running`` (``{"id", "name"}`` or ``None``), ``queue``
+        (tasks assigned to it, the running one included), ``done`` (tasks it
+        finished, moi's one question for its host and pid included)) and,
+        when unreachable, ``error`` saying why.
     """
     running = _running_jobs()
-    return [_context(name, timeout, running.get(name, {})) for name in runtime.settings().contexts]
+    names = runtime.settings().contexts
+    asked = {name: _start(name, lambda c, n=name: _engines(n, c, timeout / 2)) for name in names}
+    deadline = time.monotonic() + timeout  # the contexts answer side by side
+    return [
+        _context(name, asked[name], (deadline, timeout), running.get(name, {})) for name in names
+    ]
 
 
 def health(timeout: float = 2.0) -> dict[str, Any]:
@@ -71,22 +82,30 @@ def health(timeout: float = 2.0) -> dict[str, Any]:
         redis_ok = bool(runtime.redis_client().ping())
     except Exception:  # noqa: BLE001 -- whatever the reason, Redis is not ok
         redis_ok = False
-    contexts = {}
-    for name in runtime.settings().contexts:
+    names = runtime.settings().contexts
+    asked = {name: _start(name, lambda client: _queue_status(client, timeout)) for name in names}
+    deadline, contexts = time.monotonic() + timeout, {}
+    for name in names:
         try:
-            _ask(name, lambda client: client.queue_status(), timeout)
+            _answer(name, asked[name], deadline)
             contexts[name] = True
         except Exception:  # noqa: BLE001 -- health reports no details
             contexts[name] = False
     return {"ok": redis_ok and all(contexts.values()), "redis": redis_ok, "contexts": contexts}
 
 
-def _context(name: str, timeout: float, running: dict[int, dict[str, Any]]) -> dict[str, Any]:
+def _context(
+    name: str,
+    asked: concurrent.futures.Future[Any],
+    limit: tuple[float, float],
+    running: dict[int, dict[str, Any]],
+) -> dict[str, Any]:
+    """Context ``name``'s entry, from ``asked``; ``limit``: the deadline and the time limit."""
     out: dict[str, Any] = {"context": name, "reachable": False, "controller": None, "engines": []}
     try:
-        answer = _ask(name, lambda client: _engines(name, client, timeout / 2), timeout)
+        answer = _answer(name, asked, limit[0])
     except concurrent.futures.TimeoutError:
-        out["error"] = f"unreachable: the controller did not answer within {timeout:g} s"
+        out["error"] = f"unreachable: the controller did not answer within {limit[1]:g} s"
         return out
     except Exception as exc:  # noqa: BLE001 -- say why, whatever it is
         out["error"] = f"unreachable: {exc}"
@@ -102,13 +121,20 @@ def _context(name: str, timeout: float, running: dict[int, dict[str, Any]]) -> d
     return out
 
 
-def _ask(name: str, question: Any, timeout: float) -> Any:
-    """``question(client)`` on the nodes thread; ``TimeoutError`` after ``timeout`` s."""
-    future = _worker.submit(lambda: question(_client(name)))
+def _start(name: str, question: Any) -> concurrent.futures.Future[Any]:
+    """Ask ``question(client)`` of context ``name`` on its own thread."""
+    worker = _workers.get(name)
+    if worker is None:
+        worker = _workers[name] = concurrent.futures.ThreadPoolExecutor(1, f"moi-nodes-{name}")
+    return worker.submit(lambda: question(_client(name)))
+
+
+def _answer(name: str, asked: concurrent.futures.Future[Any], deadline: float) -> Any:
+    """The answer to ``asked``; ``TimeoutError(limit)`` when none came by ``deadline``."""
     try:
-        return future.result(timeout)
+        return asked.result(max(0.0, deadline - time.monotonic()))
     except concurrent.futures.TimeoutError:
-        _worker.submit(_forget, name)  # the next question starts on a fresh connection
+        _workers[name].submit(_forget, name)  # the next question starts on a fresh connection
         raise
 
 
@@ -130,6 +156,8 @@ def _client(name: str) -> ipp.Client:
 
 
 def _forget(name: str) -> None:
+    for key in [key for key in _asking if key[0] == name]:  # questions of the old client
+        del _asking[key]
     client = _clients.pop(name, None)
     if client is not None:
         client.close()
@@ -137,19 +165,25 @@ def _forget(name: str) -> None:
 
 def _engines(name: str, client: ipp.Client, timeout: float) -> dict[str, Any]:
     """The controller's address and each engine's queue, counts, host and pid."""
-    status = client.queue_status()
+    status = _queue_status(client, timeout)
     ids = sorted(i for i in status if isinstance(i, int))
     uuids = {i: client._engines.get(i, str(i)) for i in ids}
-    unknown = [i for i in ids if (name, uuids[i]) not in _where]
-    if unknown:
-        answers = {i: client[i].apply_async(_whoami) for i in unknown}
-        for i, ar in answers.items():
-            try:
-                ar.wait(timeout / max(1, len(answers)))
-            except Exception:  # noqa: BLE001 -- busy or gone: ask again next time
-                continue
-            if ar.ready() and ar.successful():
-                _where[(name, uuids[i])] = tuple(ar.get())  # type: ignore[assignment]
+    unknown = {(name, uuids[i]): i for i in ids if (name, uuids[i]) not in _where}
+    for key, i in unknown.items():
+        if key not in _asking:  # one question per engine: a busy one answers after its job
+            _asking[key] = client[i].apply_async(_whoami)
+    deadline = time.monotonic() + timeout
+    for key in unknown:
+        ar = _asking[key]
+        try:
+            ar.wait(max(0.0, deadline - time.monotonic()))
+        except Exception:  # noqa: BLE001 -- gone: ask again next time
+            del _asking[key]
+            continue
+        if ar.ready():
+            del _asking[key]
+            if ar.successful():
+                _where[key] = tuple(ar.get())  # type: ignore[assignment]
     engines = []
     for i in ids:
         host, pid = _where.get((name, uuids[i]), (None, None))
@@ -164,6 +198,15 @@ def _engines(name: str, client: ipp.Client, timeout: float) -> dict[str, Any]:
             }
         )
     return {"controller": _controller(client), "engines": engines}
+
+
+def _queue_status(client: ipp.Client, timeout: float) -> dict[Any, Any]:
+    """``client.queue_status()`` with a time limit (ipyparallel's own waits forever)."""
+    future = client._send(client._query_stream, "queue_request", content={"targets": None})
+    content = future.result(timeout)["content"]
+    if content.pop("status") != "ok":
+        raise RuntimeError(f"the controller refused the queue request: {content}")
+    return ipp.util.int_keys(content)
 
 
 def _controller(client: ipp.Client) -> str | None:

@@ -20,7 +20,6 @@ import logging
 import os
 import secrets
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -64,7 +63,7 @@ __all__ = ["ServerConfig", "Principal", "make_app", "serve"]
 log = logging.getLogger("moi.web")
 _HERE = Path(__file__).parent
 #: One thread submits jobs: the ipyparallel client is not thread-safe.
-_submitter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moi-submit")
+_submitter = job.submitter
 
 
 # -- pages ------------------------------------------------------------------------------
@@ -119,7 +118,7 @@ class BaseHandler(tornado.web.RequestHandler):
     async def prepare(self) -> None:
         check_host(self.request, self.server.hosts)
         token = self.get_query_argument("token", None)
-        if token is not None:
+        if token is not None and self.token_url_allowed():
             principal = await log_in_with(self, self.server, token)
             if principal is not None:
                 self.log_in(principal)
@@ -129,6 +128,17 @@ class BaseHandler(tornado.web.RequestHandler):
                 return
         self.principal = await principal_for_session(self.server, self.current_session())
         self.current_user = self.principal.user if self.principal else None
+
+    def token_url_allowed(self) -> bool:
+        """Whether a ``?token=`` may log in here.
+
+        On a multi-user server not from a link on another site
+        (``Sec-Fetch-Site: cross-site``/``same-site``): anyone with a key could
+        otherwise log a victim's browser into their own account (login CSRF)
+        and receive what the victim then submits.
+        """
+        site = self.request.headers.get("Sec-Fetch-Site")
+        return not self.server.multi_user or site in (None, "none", "same-origin")
 
     @property
     def target(self) -> str:
@@ -174,13 +184,22 @@ class BaseHandler(tornado.web.RequestHandler):
     def get_login_url(self) -> str:
         return "/login"
 
+    async def target_group(self) -> str:
+        """The target user's group id; 404 (no user made) for an admin's unknown ``?user=``."""
+        if self.target == self.current_user:
+            return await asyncio.to_thread(get_id_from_user, self.target)
+        found = await asyncio.to_thread(runtime.redis_client().hget, keys.USER_ID_MAP, self.target)
+        if found is None:
+            raise tornado.web.HTTPError(404, "no user %r", self.target)
+        return keys.check_node_id(text(found), "group id")
+
     def _back(self) -> str:
         """The dashboard of the target user (an admin's ``?user=`` kept)."""
         return "/" if self.target == self.current_user else "/?" + urlencode({"user": self.target})
 
     async def user_tree(self) -> tuple[str, dict[str, dict[str, Any]]]:
         """The target user's group id and every node of that tree by id."""
-        group_id = await asyncio.to_thread(get_id_from_user, self.target)
+        group_id = await self.target_group()
         nodes = await asyncio.to_thread(runtime.store().tree, group_id)
         return group_id, {info["id"]: info for info in nodes}
 
@@ -249,7 +268,7 @@ class DashboardHandler(BaseHandler):
 
     async def show(self, error: str | None = None, status: int = 200) -> None:
         target = self.target
-        group_id = await asyncio.to_thread(get_id_from_user, target)
+        group_id = await self.target_group()
         admin = self.principal is not None and self.principal.admin
         users = await asyncio.to_thread(_user_names) if admin else []
         self.set_status(status)

@@ -1,4 +1,4 @@
-"""The JSON API under /api/v1/ of a real multi-user ``moi serve`` app (real HTTP, Redis, cluster).
+"""The JSON API under /api/v1/ of a real multi-user ``moi serve`` (real HTTP, Redis, cluster).
 
 Two users (alice, bob) and an admin, each with an API key from moi.auth: a
 user never reads, lists, cancels, retries or deletes another's job (404, as
@@ -11,22 +11,24 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import pytest
-from support import wait_for_status, wait_until_listening
+from support import sleeper, wait_for_status, wait_until_listening
 
-from moi import api, auth, keys, manager, redis_server, runtime
+from moi import api, auth, ctxs, job, keys, manager, nodes, redis_server, runtime
 from moi.group import create_info, get_id_from_user
 from moi.store import index_commands
 
@@ -39,27 +41,18 @@ params = { ping = "from the template" }
 """
 
 
-#: A multi-user ``moi serve`` app in a process of its own: ``python -c SERVE PORT SECRET``.
-SERVE = """
-import asyncio, sys
-from moi.web import make_app
-
-async def main():
-    app = make_app(multi_user=True, cookie_secret=sys.argv[2])
-    app.listen(int(sys.argv[1]), address="127.0.0.1")
-    await asyncio.Event().wait()
-
-asyncio.run(main())
-"""
-
-
 @contextmanager
-def running_server() -> Iterator[str]:
-    """A multi-user ``moi serve`` app on a free loopback port, in a process; yields its URL."""
+def serve_process() -> Iterator[tuple[str, Callable[[], str]]]:
+    """A real multi-user ``moi serve`` (no token, keys exist) on a free port: URL and its log."""
+    auth.create("server-starter", r=runtime.redis_client())  # with keys, serve is multi-user
     port = redis_server.free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MOI_TOKEN"}
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-c", SERVE, str(port), SECRET], stdout=log, stderr=log
+            [sys.executable, "-m", "moi.cli", "serve", "--port", str(port)],
+            stdout=log,
+            stderr=log,
+            env=env,
         )
 
         def output() -> str:
@@ -68,10 +61,18 @@ def running_server() -> Iterator[str]:
 
         try:
             wait_until_listening(port, proc, output)
-            yield f"http://127.0.0.1:{port}"
+            assert "every user with an API key" in output(), output()
+            yield f"http://127.0.0.1:{port}", output
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+@contextmanager
+def running_server() -> Iterator[str]:
+    """:func:`serve_process`'s URL."""
+    with serve_process() as (url, _):
+        yield url
 
 
 def request(
@@ -105,8 +106,6 @@ def request(
 def templates_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("templates") / "templates.toml"
     path.write_text(TEMPLATES)
-    import os
-
     saved = os.environ.get("MOI_TEMPLATES")
     os.environ["MOI_TEMPLATES"] = str(path)
     try:
@@ -232,9 +231,12 @@ def test_submit_under_a_group_of_ones_own_only(call: Api) -> None:
     assert info["parent"] == group["id"]
     status, answer = call("bob", "POST", "/jobs", {"type": "ping", "parent": group["id"]})
     assert status == 404 and group["id"] in error_of(answer)
-    status, nodes = call("alice", "GET", f"/groups/{group['id']}")
-    assert status == 200 and {n["id"] for n in nodes["nodes"]} == {group["id"], info["id"]}
+    status, tree = call("alice", "GET", f"/groups/{group['id']}")
+    assert status == 200 and {n["id"] for n in tree["nodes"]} == {group["id"], info["id"]}
     assert call("bob", "GET", f"/groups/{group['id']}")[0] == 404
+    status, whole = call("alice", "GET", f"/groups/{alice_group}")  # one's own root group
+    assert status == 200 and info["id"] in {n["id"] for n in whole["nodes"]}
+    assert call("bob", "GET", f"/groups/{alice_group}")[0] == 404
     listed = call("alice", "GET", "/jobs", limit=10)[1]["jobs"]
     assert info["id"] in {j["id"] for j in listed}  # jobs of subgroups are listed too
 
@@ -263,8 +265,9 @@ def test_bad_bodies_get_400_and_write_nothing(call: Api, body: Any, needle: str)
 
 
 def test_a_body_that_is_not_json_gets_400(url: str, people: People) -> None:
-    status, answer, _ = request(url, "POST", "/api/v1/jobs", people.keys["alice"], raw=b"{nope")
-    assert status == 400 and "not JSON" in error_of(answer)
+    for raw in (b"{nope", b"\xff\xfe", b"[" * 100_000 + b"]" * 100_000):
+        status, answer, _ = request(url, "POST", "/api/v1/jobs", people.keys["alice"], raw=raw)
+        assert status == 400 and "not JSON" in error_of(answer), raw[:10]
 
 
 def test_a_2_mb_body_is_refused_before_it_is_read(url: str, people: People) -> None:
@@ -322,15 +325,14 @@ def test_list_newest_first_with_filters_and_a_cursor(call: Api) -> None:
 
 
 def test_list_refuses_bad_parameters(call: Api) -> None:
-    for query in (
-        {"limit": 1001},
-        {"limit": 0},
-        {"limit": "x"},
-        {"cursor": "nope"},
-        {"since": "soon"},
-    ):
-        status, answer = call("alice", "GET", "/jobs", **query)
+    bad = ["limit=1001", "limit=0", "limit=x", "cursor=nope", "cursor=nan~x", "since=soon"]
+    bad += ["since=nan", "since=inf", "since=-1e999", "limit=nan"]
+    for query in bad:
+        name, value = query.split("=")
+        status, answer = call("alice", "GET", "/jobs", **{name: value})
         assert status == 400 and error_of(answer), query
+    since = datetime.now().isoformat()  # an ISO date works
+    assert call("alice", "GET", "/jobs", since=since)[0] == 200
 
 
 def test_list_pages_through_same_time_jobs_without_loss(call: Api) -> None:
@@ -364,6 +366,9 @@ def test_admin_lists_and_reads_any_users_jobs(call: Api) -> None:
     assert call("admin", "GET", f"/jobs/{info['id']}")[0] == 200
     status, answer = call("alice", "GET", "/jobs", user=call.people.names["bob"])
     assert status == 403 and "admin" in error_of(answer)
+    nobody = f"nobody-{uuid.uuid4().hex[:8]}"
+    assert call("admin", "GET", "/jobs", user=nobody)[0] == 404
+    assert runtime.redis_client().hget(keys.USER_ID_MAP, nobody) is None  # no user was made
 
 
 # -- changing -------------------------------------------------------------------------------
@@ -386,6 +391,20 @@ def test_retry_runs_the_same_input_again_linked_by_retry_of(call: Api) -> None:
     status, again = call("alice", "POST", f"/jobs/{first['id']}/retry", wait=60)
     assert status == 200 and again["id"] != first["id"] and again["retry_of"] == first["id"]
     assert again["result"]["pong"] == "again" and again["parent"] == first["parent"]
+
+
+def test_retry_a_template_job_made_in_python_and_refuse_an_unknown_input(call: Api) -> None:
+    made = manager.JobManager().create_job("made here", call.people.names["alice"], "pinger")
+    made.execute()
+    wait_for_status(made.id, "Success")
+    status, again = call("alice", "POST", f"/jobs/{made.id}/retry", wait=60)
+    assert status == 200 and again["retry_of"] == made.id
+    assert again["result"]["pong"] == "from the template"
+    group = get_id_from_user(call.people.names["alice"])
+    job_id, _, ar = job.submit(None, group, "a function", None, sleeper, 0)
+    wait_for_status(job_id, "Success")
+    status, answer = call("alice", "POST", f"/jobs/{job_id}/retry")
+    assert status == 400 and "not known" in error_of(answer)
 
 
 def test_delete_detaches_the_job(call: Api) -> None:
@@ -419,7 +438,8 @@ def test_failed_logins_are_rate_limited_per_address(
 ) -> None:
     with running_server() as url:
         for _ in range(10):
-            assert request(url, "GET", "/api/v1/jobs", "moi_00000000_" + "y" * 43)[0] == 401
+            status, answer, _ = request(url, "GET", "/api/v1/jobs", "moi_00000000_" + "y" * 43)
+            assert status == 401, (status, answer)
         status, answer, response = request(url, "GET", "/api/v1/jobs", people.keys["alice"])
         assert status == 429 and int(response.headers["Retry-After"]) > 0
         assert error_of(answer)
@@ -507,6 +527,10 @@ def test_the_openapi_document_matches_the_routes(call: Api, url: str) -> None:
         for method in ops
     }
     assert routes == documented
+    refs = re.findall(r'"\$ref": "#/components/schemas/(\w+)"', json.dumps(doc))
+    assert refs and set(refs) <= set(doc["components"]["schemas"])
+    info = call.ping()  # a real answer has what the Info schema requires
+    assert set(doc["components"]["schemas"]["Info"]["required"]) <= set(info)
     for path, ops in doc["paths"].items():  # each documented route answers (not a 404 page)
         probe = path.replace("{job_id}", "x").replace("{group_id}", "x")
         status, answer = call(
@@ -541,3 +565,62 @@ def test_callbacks_need_the_jobs_secret(call: Api, url: str) -> None:
     assert status == 409 and runtime.store().require(pending["id"])["status"] == "Success"
     other = request(url, "POST", f"/api/v1/callback/{uuid.uuid4()}?secret=x&status=Working")
     assert other[0] == 403
+
+
+def test_the_access_log_never_shows_a_callback_secret(moi_env: dict[str, str]) -> None:
+    pending = manager.JobManager().create_job("logged", "logger", "pinger")
+    with serve_process() as (url, output):
+        callback = manager.JobManager().get_job_status_callback_url(url, pending.id)
+        path = callback.removeprefix(url)
+        assert request(url, "POST", path + "&status=Success")[0] == 200
+        assert request(url, "POST", path + "&status=Failed")[0] == 409  # logged as a warning
+        secret = path.split("secret=", 1)[1]
+        deadline = time.monotonic() + 10
+        while f"/api/v1/callback/{pending.id}" not in output() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert f"409 POST /api/v1/callback/{pending.id} (127.0.0.1)" in output()
+        assert secret not in output()
+
+
+def test_a_controller_that_never_answers_is_unreachable_within_the_limit(
+    moi_env: dict[str, str],
+) -> None:
+    real = json.loads(Path(moi_env["MOI_CLUSTER_FILE_DEFAULT"]).read_text())
+    silent = {k: redis_server.free_port() if isinstance(v, int) else v for k, v in real.items()}
+    fake = Path(moi_env["MOI_CLUSTER_FILE_OFFLINE"])
+    fake.parent.mkdir(parents=True, exist_ok=True)
+    fake.write_text(json.dumps(silent))  # ports nobody listens on: requests go unanswered
+    try:
+        start = time.monotonic()
+        found = {c["context"]: c for c in nodes.listing(timeout=1.0)}
+        assert time.monotonic() - start < 8
+        offline = found["offline"]
+        assert not offline["reachable"] and "did not answer within 1 s" in offline["error"]
+        assert found["default"]["reachable"] and len(found["default"]["engines"]) == 2
+    finally:
+        fake.unlink()
+
+
+def test_busy_engines_show_their_job_and_are_asked_where_they_run_once(
+    moi_env: dict[str, str], user: str
+) -> None:
+    parent = get_id_from_user(user)
+    busy = [job.submit(None, parent, f"busy {n}", None, sleeper, 60)[0] for n in range(2)]
+    try:
+        for job_id in busy:
+            wait_for_status(job_id, "Running")
+        nodes._where.clear()  # as if the engines had never been asked
+        for _ in range(3):
+            found = {c["context"]: c for c in nodes.listing(timeout=0.5)}
+        engines = found["default"]["engines"]
+        assert sorted(e["running"]["id"] for e in engines) == sorted(busy)
+        for engine in engines:  # from the running job's info: engine N (host:pid)
+            assert engine["host"] and isinstance(engine["pid"], int)
+        client = ctxs["default"].client
+        queued = client.queue_status()
+        assert all(queued[e["id"]]["queue"] <= 1 for e in engines), queued  # one question each
+    finally:
+        for job_id in busy:
+            job.cancel(job_id)
+        for job_id in busy:
+            wait_for_status(job_id, "Cancelled")

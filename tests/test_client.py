@@ -1,4 +1,4 @@
-"""moi.client.Client and the CLI's --server mode against a real multi-user moi serve process."""
+"""moi.client.Client and the CLI's --server mode against a real multi-user ``moi serve``."""
 
 from __future__ import annotations
 
@@ -163,3 +163,22 @@ def test_moi_nodes_lists_the_local_engines(moi_env: dict[str, str]) -> None:
     engines = [line for line in done.stdout.splitlines() if line.startswith("  ") and "\t" in line]
     assert len([e for e in engines if not e.strip().startswith("engine")]) == 2
     assert "context offline" in done.stdout and "unreachable" in done.stdout
+
+
+def test_cli_cancels_retries_and_lists_types_through_the_server(
+    url: str, people: People, alice: Client
+) -> None:
+    env = _env(url, people.keys["alice"])
+    slow = alice.submit(cmd="import time; time.sleep(60)")
+    wait_for_status(slow["id"], "Running")
+    done = moi_cli("cancel", "--job-id", slow["id"], env=env)
+    assert done.returncode == 0 and f"Job {slow['id']}: Cancelled" in done.stdout, done.stderr
+    again = moi_cli("retry", "--job-id", slow["id"], env=env)
+    assert again.returncode == 0, again.stderr
+    new_id = again.stdout.split("Submitted job id: ", 1)[1].split()[0]
+    assert alice.get(new_id)["retry_of"] == slow["id"]
+    alice.cancel(new_id)
+    types = moi_cli("types", env=env)
+    assert types.returncode == 0 and "ping\tbuilt-in" in types.stdout
+    templates = moi_cli("templates", env=env)
+    assert templates.returncode == 0 and "pinger\tping" in templates.stdout

@@ -22,6 +22,7 @@ import pytest
 from support import subscribed, wait_for_message, wait_for_status
 
 from moi import keys, manager, runtime, types, watchdog
+from moi.context import resolve
 from moi.errors import MoiError, UnknownIdError
 from moi.group import get_id_from_user
 from moi.manager import CallbackError, CallbackSecretError, JobFinishedError, JobManager
@@ -146,6 +147,7 @@ def test_a_template_from_an_entry_point_runs(jm: JobManager, user: str) -> None:
 
 def test_execute_runs_a_job_once_only(jm: JobManager, user: str) -> None:
     job = jm.create_job("once", user, "echo-this")
+    assert resolve(None).bv is not None  # the view exists before the threads race for the job
     outcomes: list[str] = []
 
     def run() -> None:
@@ -207,6 +209,18 @@ def test_bad_template_and_params_write_nothing(jm: JobManager, user: str) -> Non
     with pytest.raises(MoiError, match="JSON values"):
         jm.create_job("x", user, "echo-this", bad=object())
     assert len(runtime.store().tree(get_id_from_user(user))) == before
+
+
+def test_a_manager_on_a_redis_url_makes_users_and_jobs_there(
+    moi_env: dict[str, str], plugin: str, toml: Path, user: str
+) -> None:
+    jm = JobManager(moi_env["MOI_REDIS_URL"])
+    assert jm.store is not runtime.store()
+    job = jm.create_job("by-url", user, "echo-this")
+    group = jm.user_group(user, create=False)
+    assert group is not None and runtime.store().require(group)["name"] == user
+    assert job.id in runtime.store().children(group)
+    assert [j.id for j in jm.list_jobs(user=user)] == [job.id]
 
 
 # -- users never see each other's jobs ------------------------------------------------------

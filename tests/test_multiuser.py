@@ -141,6 +141,15 @@ class TestTwoUsers(MultiUserCase):
             assert f'data-group-id="{get_id_from_user(user)}"' in page
             assert f"user: {user}" in page and "moi-user-picker" not in page
 
+    def test_a_token_url_from_another_site_logs_no_one_in(self) -> None:
+        url = f"/?token={quote(self.key['bob'])}"
+        for site in ("cross-site", "same-site"):
+            response = self.fetch(url, headers={"Sec-Fetch-Site": site}, follow_redirects=False)
+            assert response.code == 302 and response.headers["Location"].startswith("/login")
+            assert "Set-Cookie" not in response.headers
+        typed = self.fetch(url, headers={"Sec-Fetch-Site": "none"}, follow_redirects=False)
+        assert typed.code == 302 and "Set-Cookie" in typed.headers
+
     def test_node_pages_of_another_user_are_404_like_unknown_ids(self) -> None:
         mine, theirs = _job(self.alice, "mine"), _job(self.bob, "theirs")
         cookie = self.log_in("alice")[0]
@@ -192,6 +201,9 @@ class TestAdmin(MultiUserCase):
         assert f'data-user="{self.bob}"' in page
         assert self.get(f"/job/{theirs}?user={quote(self.bob)}", cookie).code == 200
         assert self.get(f"/job/{theirs}", cookie).code == 404  # not in the admin's own tree
+        nobody = f"nobody-{uuid.uuid4().hex[:6]}"
+        assert self.get(f"/?user={nobody}", cookie).code == 404
+        assert runtime.redis_client().hget("user-id-map", nobody) is None  # no user made
         conn = self.ws(cookie, f"?user={quote(self.bob)}")
         assert self.tree_ids(conn) == {get_id_from_user(self.bob), theirs}
         frames = self.ask(conn, {"cancel": [theirs]})

@@ -171,7 +171,10 @@ def cancel(ctx: click.Context, job_id: str, wait: bool) -> None:
     client = client_of(ctx)
     outcome = client.cancel(job_id)["outcome"]
     if wait:
-        info = client.wait(job_id, timeout=60)
+        try:
+            info = client.wait(job_id, timeout=60)
+        except TimeoutError as exc:
+            raise MoiError(str(exc)) from None
         click.echo(f"Job {printable(job_id)}: {printable(info['status'])}")
     else:
         click.echo(f"Job {printable(job_id)}: cancel {printable(outcome)}")
@@ -198,7 +201,7 @@ def types_(ctx: click.Context) -> None:
     """List the server's job types."""
     for plugin in client_of(ctx).types():
         text = plugin["description"] if plugin["error"] is None else f"BROKEN: {plugin['error']}"
-        click.echo(printable(f"{plugin['name']}\t{plugin['source']}\t{text}"))
+        click.echo("\t".join(printable(f) for f in (plugin["name"], plugin["source"], text)))
 
 
 @remote("templates")
