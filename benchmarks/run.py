@@ -16,8 +16,8 @@ from pathlib import Path
 import api
 import chaining
 import logs
-import peers
 import panel
+import peers
 import push
 import submit_overhead
 import tree_read

@@ -32,7 +32,7 @@ CORE = {
     "astore", "lua", "engine", "job", "group", "context", "embedded", "runtime", "relay",
     "watchdog",
 }
-SERVICE = {"types", "chain", "manager", "auth", "logs", "metrics", "nodes"}
+SERVICE = {"types", "chain", "manager", "auth", "logs", "metrics", "nodes", "listing"}
 DOORS = {"cli", "api", "websocket", "web", "webauth", "web_watch", "client"}
 # Core modules that reach a service module from inside a function, on purpose:
 # the engine runs typed jobs, captures a job's output and hands an ending
