@@ -321,6 +321,22 @@ class LogSocketCase(AsyncHTTPTestCase):
             if verb in frame:
                 return frame[verb]
 
+    @gen_test(timeout=60)
+    async def test_following_stops_and_starts_again_from_a_line(self) -> None:
+        user = f"ws-{os.urandom(4).hex()}"
+        job_id, ar = await asyncio.to_thread(run_python, user, "print('a')\nprint('b')")
+        await asyncio.to_thread(wait_for_status, job_id, "Success")
+        ws = await self.connect(user)
+        ws.write_message(json.dumps({"log": job_id}))  # "from" defaults to 0
+        assert (await self.frame(ws, "log"))["lines"] == ["a", "b"]
+        ws.write_message(json.dumps({"log": job_id, "from": None}))
+        ws.write_message(json.dumps({"log": job_id, "from": 1}))
+        again = await self.frame(ws, "log")
+        assert (again["start"], again["lines"], again["next"]) == (1, ["b"], 2)
+        ws.write_message(json.dumps({"log": job_id, "from": 0, "extra": 1}))
+        assert "follow a job's output" in (await self.frame(ws, "error"))["message"]
+        ws.close()
+
     @gen_test(timeout=90)
     async def test_a_job_s_lines_arrive_from_the_kept_ones_then_live(self) -> None:
         user, release = f"ws-{os.urandom(4).hex()}", Path(f"/tmp/moi-log-{os.urandom(4).hex()}")
