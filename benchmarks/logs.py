@@ -197,9 +197,7 @@ def _latency(quick: bool) -> list[Result]:
                 page.evaluate(OBSERVER)
                 go.write_text("go")
                 ar.get(timeout=120)
-                page.wait_for_function(
-                    f"window.__latencies.length >= {lines}", timeout=60_000
-                )
+                page.wait_for_function(f"window.__latencies.length >= {lines}", timeout=60_000)
                 seen = [s * 1000 for s in page.evaluate("window.__latencies")]
                 browser.close()
             listener.join(30)

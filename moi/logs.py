@@ -479,8 +479,6 @@ def _append_script(client: redis.Redis) -> Any:
     return client.register_script(APPEND)
 
 
-
-
 _the_shipper: _Shipper | None = None
 _current: Capture | None = None
 

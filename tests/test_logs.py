@@ -56,7 +56,7 @@ def test_print_is_kept_and_still_reaches_ar_stdout(moi_env, user):
     got = kept(job_id)
     assert got["lines"] == [f"line {i}" for i in range(5)]
     assert (got["start"], got["next"], got["total"]) == (0, 5, 5)
-    assert "line 4" in ar.stdout  # teed, not stolen
+    assert ar.wait_for_output(30) and "line 4" in ar.stdout  # teed, not stolen
 
 
 def test_stderr_and_an_unfinished_last_line_are_kept(moi_env, user):
@@ -65,7 +65,8 @@ def test_stderr_and_an_unfinished_last_line_are_kept(moi_env, user):
     ar.get(timeout=60)
     wait_for_status(job_id, "Success")
     assert kept(job_id)["lines"] == ["out", "err", "tail"]
-    assert "err" in ar.stderr
+    assert ar.wait_for_output(30)
+    assert ar.stdout == "out\ntail" and ar.stderr == "err\n"
 
 
 def test_a_system_command_streams_line_by_line(moi_env, user, tmp_path):
@@ -192,6 +193,7 @@ def test_capture_can_be_turned_off_on_the_engine(moi_env, user):
     finally:
         dview.apply_sync(set_capture, None)
     wait_for_status(job_id, "Success")
+    assert ar.wait_for_output(30)
     assert kept(job_id)["lines"] == [] and "unseen" in ar.stdout
 
 
@@ -318,6 +320,22 @@ class LogSocketCase(AsyncHTTPTestCase):
             frame = json.loads(message)
             if verb in frame:
                 return frame[verb]
+
+    @gen_test(timeout=60)
+    async def test_following_stops_and_starts_again_from_a_line(self) -> None:
+        user = f"ws-{os.urandom(4).hex()}"
+        job_id, ar = await asyncio.to_thread(run_python, user, "print('a')\nprint('b')")
+        await asyncio.to_thread(wait_for_status, job_id, "Success")
+        ws = await self.connect(user)
+        ws.write_message(json.dumps({"log": job_id}))  # "from" defaults to 0
+        assert (await self.frame(ws, "log"))["lines"] == ["a", "b"]
+        ws.write_message(json.dumps({"log": job_id, "from": None}))
+        ws.write_message(json.dumps({"log": job_id, "from": 1}))
+        again = await self.frame(ws, "log")
+        assert (again["start"], again["lines"], again["next"]) == (1, ["b"], 2)
+        ws.write_message(json.dumps({"log": job_id, "from": 0, "extra": 1}))
+        assert "follow a job's output" in (await self.frame(ws, "error"))["message"]
+        ws.close()
 
     @gen_test(timeout=90)
     async def test_a_job_s_lines_arrive_from_the_kept_ones_then_live(self) -> None:

@@ -148,7 +148,10 @@ def test_moi_serve_metrics_public_flag(moi_env, tmp_path):
     def serve(*flags: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [sys.executable, "-m", "moi.cli", "serve", "--port", str(port), *flags],
-            env=env, stdout=out.open("w"), stderr=subprocess.STDOUT, cwd="/",
+            env=env,
+            stdout=out.open("w"),
+            stderr=subprocess.STDOUT,
+            cwd="/",
         )
 
     for flags, expected in (((), 401), (("--metrics-public",), 200)):
