@@ -272,7 +272,7 @@ class ApiHandler(tornado.web.RequestHandler):
         if self.principal.admin:
             return info
         group = await user_group(self.principal.user)
-        if node_id != group and not await _in_tree(store, info, group):
+        if node_id != group and not await store.in_tree(info, group):
             raise ApiError(404, f"no {kind} {node_id}")
         return info
 
@@ -283,24 +283,6 @@ def _is_id(node_id: str) -> bool:
     except InvalidIdError:
         return False
     return True
-
-
-async def _in_tree(store: AsyncStore, info: dict[str, Any], root: str) -> bool:
-    """Whether ``info`` hangs under group ``root`` (each parent still lists it as a child)."""
-    node = info
-    for _ in range(1000):
-        parent = node.get("parent")
-        if not isinstance(parent, str):
-            return False
-        if not await store.r.sismember(keys.children(parent), node["id"]):
-            return False
-        if parent == root:
-            return True
-        found = decode(await store.r.get(keys.info(parent)))
-        if found is None:
-            return False
-        node = found
-    return False
 
 
 # -- submitting ---------------------------------------------------------------------------
@@ -621,7 +603,7 @@ class NodesHandler(ApiHandler):
             for engine in (e for context in found for e in context["engines"]):
                 running = engine["running"]
                 info = decode(await store.r.get(keys.info(running["id"]))) if running else None
-                if running and (info is None or not await _in_tree(store, info, group)):
+                if running and (info is None or not await store.in_tree(info, group)):
                     engine["running"] = {"id": None, "name": OTHERS_JOB}
         self.send({"contexts": found})
 

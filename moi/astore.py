@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from moi import keys, lua
 from moi.status import Status
-from moi.store import TREE_LIMIT, decode_all, field_args, now, text
+from moi.store import TREE_LIMIT, decode, decode_all, field_args, now, text
 
 
 class AsyncStore:
@@ -73,6 +73,27 @@ class AsyncStore:
             args=[node_id, json.dumps({"remove": [node_id]})],
         )
         return bool(removed)
+
+    async def in_tree(self, info: dict[str, Any], root: str) -> bool:
+        """Whether the node ``info`` hangs under group ``root``.
+
+        Each parent on the way up must still list the node below it as a
+        child: a removed (detached) node is in nobody's tree.
+        """
+        node = info
+        for _ in range(1000):
+            parent = node.get("parent")
+            if not isinstance(parent, str):
+                return False
+            if not await self.r.sismember(keys.children(parent), node["id"]):
+                return False
+            if parent == root:
+                return True
+            above = decode(await self.r.get(keys.info(parent)))
+            if above is None:
+                return False
+            node = above
+        return False
 
     async def user_group(self, user: str) -> str:
         """Group id of ``user``, creating the user on first sight.

@@ -280,6 +280,31 @@ class TestSessionOnTheApi(MultiUserCase):
         assert reads.code == 200 and json.loads(reads.body)["id"] == mine
 
 
+class TestWatchingPages(MultiUserCase):
+    """``/log/<id>`` and ``/metrics`` follow the key's user, like every other page."""
+
+    def test_log_pages_show_only_ones_own_jobs(self) -> None:
+        mine, theirs = _job(self.alice, "alice-log"), _job(self.bob, "bob-log")
+        cookie, _ = self.log_in("alice")
+        assert self.get(f"/log/{mine}", cookie).code == 200
+        assert self.get(f"/log/{theirs}", cookie).code == 404
+        admin, _ = self.log_in("admin")
+        assert self.get(f"/log/{theirs}", admin).code == 200
+        auth.revoke(self.made[0])  # alice's key
+        assert self.get(f"/log/{mine}", cookie).code == 302  # back to the login page
+
+    def test_metrics_take_a_session_or_an_api_key_and_count_ones_own_jobs(self) -> None:
+        _job(self.alice, "alice-metrics")
+        assert self.fetch("/metrics").code == 401
+        bearer = {"Authorization": f"Bearer {self.key['alice']}"}
+        response = self.fetch("/metrics", headers=bearer)
+        assert response.code == 200, response.code
+        body = response.body.decode()
+        assert f'user="{self.alice}"' in body and f'user="{self.bob}"' not in body
+        auth.revoke(self.made[0])
+        assert self.fetch("/metrics", headers=bearer).code == 401
+
+
 class TestLoginLimit(MultiUserCase):
     def test_failed_logins_are_limited_per_address(self) -> None:
         def form(key: str) -> HTTPResponse:
