@@ -142,6 +142,9 @@ def describe_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
     """
     if func in (python_call, system_call) and args and isinstance(args[0], str):
         return _cut(args[0].strip())
+    if isinstance(func, functools.partial) and func.func in (python_each, system_each):
+        cmd = func.keywords.get("cmd", "")  # a --many line: the command, and its input
+        return _cut(f"{cmd.strip()}  <- {_short_repr(args[0]) if args else ''}")
     target = func.func if isinstance(func, functools.partial) else func
     name = getattr(target, "__qualname__", None) or getattr(target, "__name__", None)
     shown = [_short_repr(a) for a in args] + [f"{k}={_short_repr(v)}" for k, v in kwargs.items()]
@@ -849,7 +852,8 @@ def submit_many(
     store = runtime.store()
     infos = [
         create_info(f"{name} [{i}]", "job", url=url, parent=parent_id, context=context.name)
-        for i in range(len(items))
+        | {"call": describe_call(func, (item,), {})}
+        for i, item in enumerate(items)
     ]
     parent = create_info("unnamed", "group", id=parent_id)
     common = {

@@ -72,9 +72,11 @@ def test_results_come_back_in_input_order_and_every_job_is_tracked(moi_env, user
     assert [info["result"] for info in infos] == [x * x for x in range(23)]
     assert {info["status"] for info in infos} == {"Success"}
     assert [info["name"] for info in infos] == [f"sq [{i}]" for i in range(23)]
+    assert [info["call"] for info in infos] == [f"square({i})" for i in range(23)]
     assert all(info["parent"] == parent and info["date_start"] for info in infos)
     assert runtime.store().children(parent) >= set(ids)
-    assert jobs.counts() == {"Queued": 0, "Running": 0, "Success": 23, "Failed": 0, "Cancelled": 0}
+    counts = jobs.counts()
+    assert counts["Success"] == 23 and sum(counts.values()) == 23, counts
     assert not client.zrange(keys.LEASES, 0, -1) or not set(ids) & {
         m.decode() for m in client.zrange(keys.LEASES, 0, -1)
     }
@@ -221,6 +223,8 @@ def test_cli_many_runs_python_on_each_line_of_a_file(moi_env, user, tmp_path):
     ]
     assert "Success 3" in proc.stderr and "3 of 3 jobs succeeded" in proc.stderr
     assert f"{ids[1]}\tSuccess\tBETA" in proc.stdout
+    calls = {f"return x.upper()  <- {x!r}" for x in ("alpha", "beta", "gamma")}
+    assert {i["call"] for i in infos} == calls
 
 
 def test_cli_many_reads_stdin_and_exits_non_zero_when_a_job_failed(moi_env, user):
