@@ -61,7 +61,10 @@ def serve_process() -> Iterator[tuple[str, Callable[[], str]]]:
 
         try:
             wait_until_listening(port, proc, output)
-            assert "every user with an API key" in output(), output()
+            deadline = time.monotonic() + 30  # it prints its mode just after it listens
+            while "every user with an API key" not in output():
+                assert time.monotonic() < deadline and proc.poll() is None, output()
+                time.sleep(0.05)
             yield f"http://127.0.0.1:{port}", output
         finally:
             proc.terminate()
