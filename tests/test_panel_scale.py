@@ -446,3 +446,32 @@ def test_read_only_hides_retry_and_run_but_keeps_log(page, serve, user):
     assert page.locator("#moi-panel .moi-retry, #moi-panel .moi-run").count() == 0
     panel_row(page, failed).locator(".moi-log").click()  # reading a log changes nothing
     assert page.evaluate("window.__log") == failed
+
+
+def test_run_and_retry_go_through_the_job_service(page, serve, user, tmp_path, monkeypatch):
+    """Run on a Pending template job runs it; Retry on the finished job makes a new one."""
+    from moi.manager import JobManager
+
+    templates = tmp_path / "templates.toml"
+    templates.write_text('[ping-five]\njob_type = "ping"\nparams = { ping = 5 }\n')
+    monkeypatch.setenv("MOI_TEMPLATES", str(templates))
+    pending = JobManager().create_job("to-run", user, "ping-five").id
+    server = serve()
+    log_in(page, server)
+    row = panel_row(page, pending)
+    expect(row.locator(".moi-status")).to_have_attribute("data-status", "Pending")
+    row.locator(".moi-run").click()
+    expect(row.locator(".moi-status")).to_have_attribute("data-status", "Success", timeout=LIVE)
+    assert runtime.store().get_many([pending])[0]["result"]["pong"] == 5
+
+    root = get_id_from_user(user)
+    store = runtime.store()
+    before = store.children(root)
+    row.locator(".moi-retry").click()
+    retry = page.locator("#moi-panel [data-id]", has_text="to-run").locator(
+        ".moi-status[data-status=Success]"
+    )
+    expect(retry).to_have_count(2, timeout=LIVE)  # the retry, live in the panel
+    (again,) = store.get_many(sorted(store.children(root) - before))
+    assert again["retry_of"] == pending and again["status"] == "Success"
+    assert again["result"]["pong"] == 5 and again["name"] == "to-run"
