@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import tornado.web
 from tornado import httputil
 
-from moi import connection, job, keys, listing, nodes, runtime, webauth
+from moi import connection, job, keys, listing, logs, nodes, runtime, webauth
 from moi.astore import AsyncStore
 from moi.errors import ClusterUnavailableError, InvalidIdError, MoiError, UnknownIdError
 from moi.status import Status, is_terminal
@@ -472,6 +472,19 @@ class JobHandler(ApiHandler):
         self.send({"removed": job_id})
 
 
+class LogHandler(ApiHandler):
+    """``/jobs/{id}/log``: the job's kept output lines from line ``from`` on (:mod:`moi.logs`)."""
+
+    async def get(self, job_id: str) -> None:
+        await self.node(job_id)
+        start = _number(self.get_query_argument("from", None), "from", 0, 2**53) or 0
+        limit = _number(self.get_query_argument("limit", None), "limit", 1, logs.MAX_LINES)
+        page = await logs.read_lines(
+            astore().r, job_id, int(start), None if limit is None else int(limit)
+        )
+        self.send(dict(page))
+
+
 class CancelHandler(ApiHandler):
     """``/jobs/{id}/cancel``: a queued job never runs, a running one is interrupted."""
 
@@ -732,6 +745,7 @@ def _cursor(raw: str | None) -> listing.Entry | None:
 ROUTES: list[tuple[str, type[ApiHandler]]] = [
     ("/jobs", JobsHandler),
     ("/jobs/{job_id}", JobHandler),
+    ("/jobs/{job_id}/log", LogHandler),
     ("/jobs/{job_id}/cancel", CancelHandler),
     ("/jobs/{job_id}/retry", RetryHandler),
     ("/jobs/{job_id}/run", RunHandler),
@@ -836,6 +850,7 @@ _QUERY: dict[str, dict[str, Any]] = {
     "since": {"type": "string", "description": "epoch seconds or an ISO date"},
     "user": {"type": "string", "description": "another user's jobs (admin keys only)"},
     "secret": {"type": "string"},
+    "from": {"type": "integer", "minimum": 0, "default": 0, "description": "first line number"},
     "result": {"type": "string", "description": "JSON or text"},
 }
 
@@ -864,6 +879,14 @@ _OPERATIONS: dict[str, dict[str, Any]] = {
             answer="Info",
         ),
         "delete": _op("Detach a job from its tree", "200 403 404"),
+    },
+    "/jobs/{job_id}/log": {
+        "get": _op(
+            "A job's kept output lines from line `from` on; ask for `next` to go on",
+            "200 400 404",
+            query=("from", "limit"),
+            answer="Log",
+        )
     },
     "/jobs/{job_id}/cancel": {"post": _op("Cancel a job", "200 403 404 409")},
     "/jobs/{job_id}/retry": {
@@ -943,6 +966,17 @@ def openapi() -> dict[str, Any]:
                         "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Info"}},
                         "next": {"type": "string", "nullable": True},
                     },
+                },
+                "Log": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "start": {"type": "integer", "description": "first line returned"},
+                        "lines": {"type": "array", "items": {"type": "string"}},
+                        "next": {"type": "integer", "description": "the line to ask for next"},
+                        "total": {"type": "integer", "description": "lines the job wrote"},
+                    },
+                    "required": ["id", "start", "lines", "next", "total"],
                 },
                 "Submission": {
                     "type": "object",

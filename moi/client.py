@@ -131,6 +131,15 @@ class Client:
         query.update(cursor=cursor, user=user)
         return self._call("GET", "/jobs", query={k: v for k, v in query.items() if v is not None})
 
+    def log(self, job_id: str, start: int = 0, limit: int | None = None) -> dict[str, Any]:
+        """A job's kept output lines from line ``start`` on.
+
+        Returns ``{"id", "start", "lines", "next", "total"}``; ask again from
+        ``next`` for the lines written since.
+        """
+        query = {"from": start} | ({"limit": limit} if limit is not None else {})
+        return self._call("GET", f"/jobs/{quote(job_id, safe='')}/log", query=query)
+
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a job: ``{"outcome": "cancelled" | "requested", "job": info}``."""
         return self._call("POST", f"/jobs/{quote(job_id, safe='')}/cancel", {})

@@ -60,11 +60,24 @@ def test_submit_wait_get_and_list(alice: Client) -> None:
 
 def test_another_users_job_is_unknown_through_every_verb(alice: Client, bob: Client) -> None:
     info = alice.submit(type="ping", environ={}, wait=60)
-    for verb in (bob.get, bob.cancel, bob.retry, bob.remove, bob.run):
+    for verb in (bob.get, bob.log, bob.cancel, bob.retry, bob.remove, bob.run):
         with pytest.raises(UnknownIdError, match="no job"):
             verb(info["id"])
     assert bob.list()["jobs"] == []
     assert alice.get(info["id"])["status"] == "Success"  # nothing changed
+
+
+def test_a_jobs_output_through_the_log_endpoint(alice: Client) -> None:
+    cmd = "for i in range(5):\n    print('line', i)\nreturn 'done'"
+    info = alice.submit(cmd=cmd, wait=60)
+    assert info["status"] == "Success", info
+    whole = alice.log(info["id"])
+    assert whole["lines"] == [f"line {i}" for i in range(5)]
+    assert whole["start"] == 0 and whole["next"] == whole["total"] == 5
+    part = alice.log(info["id"], start=3, limit=1)
+    assert part["lines"] == ["line 3"] and part["next"] == 4
+    with pytest.raises(MoiError, match="from must be"):
+        alice.log(info["id"], start=-1)
 
 
 def test_cancel_retry_remove_and_run(alice: Client) -> None:
