@@ -15,6 +15,7 @@ A user's jobs are listed newest first a page at a time (:mod:`moi.listing`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import re
@@ -44,8 +45,10 @@ MAX_WAIT = 3600.0
 #: Fields a ``POST /jobs`` body may hold.
 SUBMIT_FIELDS = frozenset(
     {"type", "environ", "template", "params", "cmd", "cmd_type", "name", "parent", "context"}
-    | {"pending"}
+    | {"pending", "inputs"}
 )
+#: Most ``inputs`` of one bulk submission (a sweep of ``cmd`` over them).
+MAX_INPUTS = 10_000
 _ID = r"([A-Za-z0-9_.-]{1,128})"
 #: What ``/nodes`` shows for a job of another user.
 OTHERS_JOB = "another user's job"
@@ -317,6 +320,8 @@ def submission(body: dict[str, Any]) -> dict[str, Any]:
     kinds = [k for k in ("type", "template", "cmd") if k in body]
     if len(kinds) != 1:
         raise ApiError(400, "give exactly one of type (with environ), template (with params), cmd")
+    if "inputs" in body and kinds[0] != "cmd":
+        raise ApiError(400, "inputs go with cmd: a sweep runs one command over each input")
     spec: dict[str, Any] = {"kind": kinds[0]}
     for name in ("name", "parent", "context"):
         spec[name] = _string(body, name)
@@ -346,9 +351,34 @@ def submission(body: dict[str, Any]) -> dict[str, Any]:
                 raise ApiError(400, f"cmd_type must be python or system, not {spec['cmd_type']!r}")
             if spec["cmd_type"] == "python":
                 job.check_python(spec["cmd"])
+            if "inputs" in body:
+                spec["inputs"] = _inputs(body["inputs"])
     except MoiError as exc:
         raise ApiError(400, str(exc)) from None
     return spec
+
+
+def _inputs(value: Any) -> list[str]:
+    """A bulk submission's ``inputs``: a non-empty list of strings, at most :data:`MAX_INPUTS`."""
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ApiError(400, "inputs must be a list of strings (one job each)")
+    if not value:
+        raise ApiError(400, "inputs is empty: nothing to submit")
+    if len(value) > MAX_INPUTS:
+        raise ApiError(400, f"at most {MAX_INPUTS:,} inputs in one request, not {len(value):,}")
+    return value
+
+
+def run_sweep(spec: dict[str, Any], user: str, parent: str) -> list[str]:
+    """Submit ``spec["cmd"]`` once per input with :func:`moi.job.submit_many`; the job ids.
+
+    As ``moi submit --many``: Python sees the input as ``x``; a shell command
+    gets it in place of ``{}`` and as ``$MOI_INPUT``.  Runs on :data:`moi.job.submitter`.
+    """
+    each = job.python_each if spec["cmd_type"] == "python" else job.system_each
+    name = spec["name"] or f"{user}-cmd-api"
+    func = functools.partial(each, cmd=spec["cmd"])
+    return job.submit_many(spec["context"], parent, name, func, spec["inputs"])[0]
 
 
 def run_submission(spec: dict[str, Any], user: str, parent: str, retry_of: str | None) -> str:
@@ -436,6 +466,12 @@ class JobsHandler(SubmittingHandler):
             await self.node(parent, "group")
         else:
             parent = await user_group(user)
+        if "inputs" in spec:
+            if wait is not None:
+                raise ApiError(400, "wait does not go with inputs: wait on each job (GET ?wait=)")
+            ids = await self.call(run_sweep, spec, user, parent, submit=True)
+            self.send({"jobs": await astore().get_many(ids)}, 201)
+            return
         job_id = await self.call(run_submission, spec, user, parent, None, submit=True)
         await self.answer_submitted(job_id, spec, wait)
 
@@ -864,7 +900,7 @@ _OPERATIONS: dict[str, dict[str, Any]] = {
             answer="Page",
         ),
         "post": _op(
-            "Submit a job (type + environ, template + params, or cmd)",
+            "Submit a job (type + environ, template + params, or cmd; cmd + inputs: a sweep)",
             "201 200 202 400 403 404 413 503",
             body="Submission",
             query=("wait", "user"),
@@ -989,6 +1025,13 @@ def openapi() -> dict[str, Any]:
                         "pending": {"type": "boolean"},
                         "cmd": {"type": "string"},
                         "cmd_type": {"type": "string", "enum": ["python", "system"]},
+                        "inputs": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "maxItems": MAX_INPUTS,
+                            "description": "run cmd once per input (x / {} / $MOI_INPUT); "
+                            "the answer is {jobs: [Info]}",
+                        },
                         "name": {"type": "string"},
                         "parent": {"type": "string"},
                         "context": {"type": "string"},

@@ -211,6 +211,19 @@ def test_submit_a_system_command_and_a_named_job(call: Api) -> None:
     assert info["result"][0] == "hi\n"
 
 
+def test_a_sweep_submits_one_tracked_job_per_input(call: Api) -> None:
+    body = {"cmd": "return x.upper()", "inputs": ["a", "b", "c"], "name": "sweep"}
+    status, answer = call("alice", "POST", "/jobs", body)
+    assert status == 201, answer
+    jobs = answer["jobs"]
+    assert [j["name"] for j in jobs] == ["sweep [0]", "sweep [1]", "sweep [2]"]
+    finals = [call("alice", "GET", f"/jobs/{j['id']}", wait=60)[1] for j in jobs]
+    assert [f["result"] for f in finals] == ["A", "B", "C"]
+    assert call("bob", "GET", f"/jobs/{jobs[0]['id']}")[0] == 404
+    status, answer = call("alice", "POST", "/jobs", {**body, "inputs": ["d"]}, wait=5)
+    assert status == 400 and "wait does not go with inputs" in error_of(answer)
+
+
 def test_submit_from_a_template_and_run_a_pending_one(call: Api) -> None:
     status, info = call("alice", "POST", "/jobs", {"template": "pinger", "params": {}}, wait=60)
     assert status == 200 and info["status"] == "Success", info
@@ -258,6 +271,11 @@ def test_submit_under_a_group_of_ones_own_only(call: Api) -> None:
         ({"type": "ping", "colour": "red"}, "colour"),
         ({"type": "ping", "name": 5}, "name"),
         ([1, 2], "JSON object"),
+        ({"type": "ping", "environ": {}, "inputs": ["a"]}, "inputs go with cmd"),
+        ({"cmd": "return x", "inputs": []}, "inputs is empty"),
+        ({"cmd": "return x", "inputs": "abc"}, "list of strings"),
+        ({"cmd": "return x", "inputs": [1, 2]}, "list of strings"),
+        ({"cmd": "return x", "inputs": ["a"] * 10_001}, "at most 10,000"),
     ],
 )
 def test_bad_bodies_get_400_and_write_nothing(call: Api, body: Any, needle: str) -> None:
