@@ -391,11 +391,12 @@ def test_retry_run_and_log_buttons(page, serve, user):
         s: add_job(root, s, status=s)
         for s in ("Success", "Failed", "Cancelled", "Pending", "Running", "Queued")
     }
-    page.add_init_script(
-        "window.moi_log = {open(id, el) { window.__log = id; el.textContent = 'log of ' + id; }};"
-    )
     server = serve()
     log_in(page, server)
+    # the dashboard loads moi_log.js; a stand-in records what the Log button opens
+    page.evaluate(
+        "window.moi_log = {open(id, el) { window.__log = id; el.textContent = 'log of ' + id; }}"
+    )
     for status, job_id in ids.items():
         row = panel_row(page, job_id)
         expect(row.locator(".moi-status")).to_have_attribute("data-status", status)
@@ -436,9 +437,9 @@ def test_read_only_hides_retry_and_run_but_keeps_log(page, serve, user):
     root = get_id_from_user(user)
     failed = add_job(root, "failed", status="Failed")
     pending = add_job(root, "pending", status="Pending")
-    page.add_init_script("window.moi_log = {open(id, el) { window.__log = id; }};")
     server = serve(read_only=True)
     log_in(page, server)
+    page.evaluate("window.moi_log = {open(id, el) { window.__log = id; }}")
     expect(panel_row(page, failed).locator(".moi-status")).to_have_attribute(
         "data-status", "Failed"
     )
@@ -475,3 +476,23 @@ def test_run_and_retry_go_through_the_job_service(page, serve, user, tmp_path, m
     (again,) = store.get_many(sorted(store.children(root) - before))
     assert again["retry_of"] == pending and again["status"] == "Success"
     assert again["result"]["pong"] == 5 and again["name"] == "to-run"
+
+
+def test_the_log_button_shows_a_jobs_output_live_in_the_dashboard(page, serve, user):
+    """The dashboard loads moi_log.js: Log opens the job's lines under its row, live."""
+    from moi.job import python_call, submit
+
+    server = serve()
+    log_in(page, server)
+    job_id = submit(
+        None,
+        get_id_from_user(user),
+        "printer",
+        None,
+        python_call,
+        "print('hello from the job')\nreturn 1",
+    )[0]
+    row = panel_row(page, job_id)
+    expect(row.locator(".moi-status")).to_have_attribute("data-status", "Success", timeout=LIVE)
+    row.locator(".moi-log").click()
+    expect(row.locator(".moi-log-lines")).to_contain_text("hello from the job", timeout=LIVE)
