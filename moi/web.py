@@ -486,6 +486,8 @@ class DashboardSocket(MOIMessageHandler):
         if self.principal is not None:
             self.read_only = self.server.read_only or self.principal.read_only
             wanted = self.get_query_argument("user", None)
+            if wanted and self.principal.admin:
+                await _check_known_user(wanted)
             self.current_user = wanted if wanted and self.principal.admin else self.principal.user
         super().prepare()
 
@@ -525,6 +527,17 @@ class DashboardSocket(MOIMessageHandler):
             stop()
         self._stop_watching = []
         super().on_close()
+
+
+async def _check_known_user(name: str) -> None:
+    """400 for a name no user can have, 404 for one moi does not know (nothing is created)."""
+    try:
+        keys.check_user_name(name)
+    except InvalidUserError as exc:
+        raise tornado.web.HTTPError(400, str(exc)) from None
+    known = await asyncio.to_thread(runtime.redis_client().hexists, keys.USER_ID_MAP, name)
+    if not known:
+        raise tornado.web.HTTPError(404, f"no user {name!r}")
 
 
 def _user_names() -> list[str]:

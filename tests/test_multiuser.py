@@ -209,6 +209,10 @@ class TestAdmin(MultiUserCase):
         frames = self.ask(conn, {"cancel": [theirs]})
         assert frames[-1]["update"]["status"] == "Cancelled"
         conn.close()
+        with pytest.raises(HTTPClientError) as refused:  # the socket makes no user either
+            self.ws(cookie, f"?user={nobody}")
+        assert refused.value.code == 404
+        assert runtime.redis_client().hget("user-id-map", nobody) is None
 
 
 class TestRevokedAndReadOnly(MultiUserCase):
