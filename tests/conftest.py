@@ -14,7 +14,9 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,3 +84,94 @@ def fragile_cluster(moi_env: dict[str, str]) -> Iterator[Path]:
 def user() -> str:
     """A fresh user name, so tests never see each other's jobs."""
     return f"test-{uuid.uuid4().hex[:8]}"
+
+
+# -- a real browser (Debian's chromium through Playwright) and moi serve --------------
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the whole run; each test gets its own context."""
+    from playwright.sync_api import sync_playwright
+    from support import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@dataclass
+class Watched:
+    """What a page did that it should not have: dialogs, uncaught errors, CSP refusals."""
+
+    dialogs: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def watched() -> Watched:
+    return Watched()
+
+
+@pytest.fixture
+def viewport() -> dict[str, int] | None:
+    """The page's size (Playwright's default); a module may override this fixture."""
+    return None
+
+
+@pytest.fixture
+def page(browser: Any, watched: Watched, viewport: dict[str, int] | None) -> Iterator[Any]:
+    """A fresh page (own cookies); an uncaught error or a native dialog fails the test.
+
+    Messages about the Content Security Policy go to ``watched.refused``.
+    """
+    context = browser.new_context(**({"viewport": viewport} if viewport else {}))
+    context.set_default_timeout(30_000)
+    tab = context.new_page()
+
+    def on_dialog(dialog: Any) -> None:
+        watched.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def on_console(message: Any) -> None:
+        if "Security Policy" in message.text:
+            watched.refused.append(message.text)
+
+    tab.on("dialog", on_dialog)
+    tab.on("pageerror", lambda exc: watched.errors.append(str(exc)))
+    tab.on("console", on_console)
+    yield tab
+    context.close()
+    assert watched.errors == [], f"uncaught errors in the page: {watched.errors}"
+    assert watched.dialogs == [], f"the page opened dialogs: {watched.dialogs}"
+
+
+@pytest.fixture
+def serve(moi_env: dict[str, str], user: str, tmp_path: Path) -> Iterator[Any]:
+    """Start ``moi serve`` for the test's user (``serve(read_only=True)`` for a read-only one)."""
+    from support import MoiServer
+
+    servers: list[MoiServer] = []
+
+    def start(read_only: bool = False) -> MoiServer:
+        server = MoiServer(user, tmp_path / f"serve-{len(servers)}.log", read_only)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def server(serve: Any) -> Any:
+    return serve()
+
+
+@pytest.fixture
+def gate(tmp_path: Path) -> Iterator[Path]:
+    """A file jobs wait for; created at the end of the test so no engine stays busy."""
+    path = tmp_path / "release"
+    yield path
+    path.touch()

@@ -7,6 +7,9 @@ The job functions here run on the engines, which import this module by name
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -229,3 +232,86 @@ class OwnRedisCase(AsyncHTTPTestCase):
         self.redis_proc.terminate()
         self.redis_proc.wait(10)  # appendonly: the data comes back
         self.redis_proc = redis_server.start_redis_server(self.data_dir, self.port)
+
+
+# -- a real browser and a real moi serve ----------------------------------------------
+#: Debian's chromium (``MOI_CHROMIUM`` overrides), driven by Playwright.
+CHROMIUM = os.environ.get("MOI_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+#: Milliseconds a page may take to show a live change (generous: CI machines are slow).
+LIVE = 60_000
+
+
+class MoiServer:
+    """``moi serve`` as a subprocess on a fixed port; can be stopped and started again."""
+
+    def __init__(self, user: str, log: Path, read_only: bool = False) -> None:
+        self.user = user
+        self.token = secrets.token_urlsafe(16)
+        self.port = redis_server.free_port()
+        self.read_only = read_only
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def login_url(self) -> str:
+        return f"{self.base}/?token={self.token}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        args = ["--port", str(self.port), "--token", self.token, "--user", self.user]
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "moi.cli", "serve", *args]
+                + (["--read-only"] if self.read_only else []),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=dict(os.environ),
+                cwd="/",
+            )
+        wait_until_listening(self.port, self.proc, self.output, timeout)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def log_in(page: Any, server: MoiServer) -> None:
+    """Open the dashboard through the token URL and wait until the panel is live."""
+    from playwright.sync_api import expect
+
+    page.goto(server.login_url)
+    expect(page).to_have_url(f"{server.base}/")
+    expect(page.locator("#moi-panel .moi-connection")).to_have_attribute("data-state", "open")
+
+
+def gated_cmd(release: Path) -> str:
+    """Python job body that runs until ``release`` exists (two minutes at most)."""
+    return (
+        "import os, time\n"
+        "deadline = time.time() + 120\n"
+        f"while not os.path.exists({str(release)!r}) and time.time() < deadline:\n"
+        "    time.sleep(0.05)\n"
+        "return 'released'"
+    )

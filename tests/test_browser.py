@@ -18,84 +18,26 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
-from support import add, moi_cli, wait_for_status, wait_until_listening
+from playwright.sync_api import Page, expect
+from support import LIVE, add, gated_cmd, log_in, moi_cli, wait_for_status, wait_until_listening
 
 import moi
 from moi import keys, redis_server, runtime
 from moi.group import get_id_from_user
 from moi.job import submit
 
-#: Debian's chromium (scripts/test installs it); MOI_CHROMIUM points elsewhere.
-CHROMIUM = os.environ.get("MOI_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 STATIC = Path(moi.moi_js()).parent
-#: Long enough for a CLI start, a cluster round trip and a reconnect back-off.
-LIVE = 60_000
 
 
-# -- browser fixtures ----------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """One headless Chromium for the module."""
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@dataclass
-class Watched:
-    """What a page did that it should not have: dialogs opened, uncaught errors."""
-
-    dialogs: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-
-@pytest.fixture
-def watched() -> Watched:
-    return Watched()
-
-
-@pytest.fixture
-def page(browser: Browser, watched: Watched) -> Iterator[Page]:
-    """A fresh page (own cookies) recording dialogs and uncaught errors; none allowed."""
-    context = browser.new_context()
-    context.set_default_timeout(30_000)
-    tab = context.new_page()
-
-    def on_dialog(dialog: Any) -> None:
-        watched.dialogs.append(dialog.message)
-        dialog.dismiss()
-
-    tab.on("dialog", on_dialog)
-    tab.on("pageerror", lambda exc: watched.errors.append(str(exc)))
-    yield tab
-    context.close()
-    assert watched.errors == [], f"uncaught errors in the page: {watched.errors}"
-    assert watched.dialogs == [], f"the page opened dialogs: {watched.dialogs}"
-
-
-# -- half 1: the scripts against a fake WebSocket --------------------------------------
+# -- half 1: the scripts against a fake WebSocket (fixtures browser, page, watched: conftest.py)
 FAKE_WEBSOCKET = """
 window.__sockets = [];
 class FakeWebSocket extends EventTarget {
@@ -444,99 +386,7 @@ def test_panel_reconnects_and_drops_nodes_removed_while_away(fake):
 
 
 # -- half 2: moi serve, the real cluster, the real panel ---------------------------------
-class MoiServer:
-    """``moi serve`` as a subprocess on a fixed port; can be stopped and started again."""
-
-    def __init__(self, user: str, log: Path, read_only: bool = False) -> None:
-        self.user = user
-        self.token = secrets.token_urlsafe(16)
-        self.port = redis_server.free_port()
-        self.read_only = read_only
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def login_url(self) -> str:
-        return f"{self.base}/?token={self.token}"
-
-    def start(self, timeout: float = 60.0) -> None:
-        args = ["--port", str(self.port), "--token", self.token, "--user", self.user]
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "moi.cli", "serve", *args]
-                + (["--read-only"] if self.read_only else []),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=dict(os.environ),
-                cwd="/",
-            )
-        wait_until_listening(self.port, self.proc, self.output, timeout)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-
-@pytest.fixture
-def serve(moi_env, user, tmp_path) -> Iterator[Callable[..., MoiServer]]:
-    """Start ``moi serve`` for the test's user (``serve(read_only=True)`` for a read-only one)."""
-    servers: list[MoiServer] = []
-
-    def start(read_only: bool = False) -> MoiServer:
-        server = MoiServer(user, tmp_path / f"serve-{len(servers)}.log", read_only)
-        servers.append(server)
-        server.start()
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
-@pytest.fixture
-def server(serve) -> MoiServer:
-    return serve()
-
-
-@pytest.fixture
-def gate(tmp_path) -> Iterator[Path]:
-    """A file jobs wait for; created at the end of the test so no engine stays busy."""
-    path = tmp_path / "release"
-    yield path
-    path.touch()
-
-
-def gated_cmd(release: Path) -> str:
-    """Python job body that runs until ``release`` exists (two minutes at most)."""
-    return (
-        "import os, time\n"
-        "deadline = time.time() + 120\n"
-        f"while not os.path.exists({str(release)!r}) and time.time() < deadline:\n"
-        "    time.sleep(0.05)\n"
-        "return 'released'"
-    )
-
-
-def log_in(page: Page, server: MoiServer) -> None:
-    """Open the dashboard through the token URL and wait until the panel is live."""
-    page.goto(server.login_url)
-    expect(page).to_have_url(f"{server.base}/")
-    expect(page.locator("#moi-panel .moi-connection")).to_have_attribute("data-state", "open")
-
-
+# (fixtures browser, page, watched, serve, server, gate: conftest.py)
 def cli_submit(user: str, cmd: str, name: str | None = None) -> str:
     """``moi submit`` in a subprocess; the new job's id."""
     args = ["submit", "--user", user, "--cmd", cmd] + (["--name", name] if name else [])

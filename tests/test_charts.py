@@ -14,44 +14,24 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
-from support import add, wait_for_status
-from test_browser import CHROMIUM, CHROMIUM_ARGS, LIVE, MoiServer, log_in
+from playwright.sync_api import Page, expect
+from support import LIVE, add, log_in, wait_for_status
 
 from moi import runtime
 from moi.group import create_info, get_id_from_user
 from moi.job import submit
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
 @pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1200, "height": 1600})
-    context.set_default_timeout(30_000)
-    tab = context.new_page()
-    errors: list[str] = []
-    refused: list[str] = []
-    tab.on("pageerror", lambda exc: errors.append(str(exc)))
-    tab.on("console", lambda m: refused.append(m.text) if "Security Policy" in m.text else None)
-    yield tab
-    context.close()
-    assert errors == [], errors
-    assert refused == [], refused  # the chart library runs under the dashboard's CSP
+def viewport() -> dict[str, int]:
+    return {"width": 1200, "height": 1600}  # the charts sit under the list
 
 
-@pytest.fixture
-def server(moi_env, user, tmp_path) -> Iterator[MoiServer]:
-    started = MoiServer(user, tmp_path / "serve.log")
-    started.start()
-    yield started
-    started.stop()
+@pytest.fixture(autouse=True)
+def under_the_csp(watched: Any) -> Iterator[None]:
+    """The chart library runs under the dashboard's Content Security Policy."""
+    yield
+    assert watched.refused == [], watched.refused
 
 
 def local(seconds_ago: float) -> str:

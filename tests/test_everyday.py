@@ -13,12 +13,12 @@ import re
 import selectors
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import ipyparallel as ipp
 import pytest
-import tornado.httpclient
 from support import add, moi_cli, wait_for_status
 from test_cli import details
 
@@ -322,10 +322,8 @@ def test_serve_on_port_zero_picks_a_free_port_and_prints_it(moi_env):
         assert found, seen
         port = int(found.group(1))
         assert port != 0
-        page = tornado.httpclient.HTTPClient().fetch(
-            f"http://127.0.0.1:{port}/login", raise_error=False
-        )
-        assert page.code == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=30) as page:
+            assert page.status == 200
     finally:
         proc.terminate()
         proc.wait(10)

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -377,36 +376,11 @@ class LogSocketCase(AsyncHTTPTestCase):
 
 
 # -- the Log view in a real browser -------------------------------------------------------
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-    from test_browser import CHROMIUM, CHROMIUM_ARGS
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
 @pytest.fixture
-def log_page(chromium, moi_env, user, tmp_path) -> Iterator[tuple[Any, Any]]:
-    """A logged-in page of ``moi serve`` for ``user``; no uncaught error allowed."""
-    from test_browser import MoiServer
-
-    server = MoiServer(user, tmp_path / "serve.log")
-    server.start()
-    context = chromium.new_context()
-    context.set_default_timeout(30_000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
+def log_page(page, server) -> tuple[Any, Any]:
+    """A logged-in page of ``moi serve`` for ``user`` (fixtures: conftest.py)."""
     page.goto(server.login_url)
-    try:
-        yield page, server
-    finally:
-        context.close()
-        server.stop()
-    assert errors == []
+    return page, server
 
 
 def test_the_log_view_shows_lines_live(log_page, user, tmp_path):

@@ -13,74 +13,18 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
-from support import wait_for_status, wait_until_listening
-from test_browser import CHROMIUM, CHROMIUM_ARGS, LIVE, MoiServer, gated_cmd
+from playwright.sync_api import Page, expect
+from support import LIVE, MoiServer, gated_cmd, wait_for_status, wait_until_listening
 
 from moi import redis_server, runtime
 from moi.group import create_info, get_id_from_user
 from moi.job import describe_call, python_call, submit, wait
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "example" / "app.py"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    """A fresh page (own cookies); no uncaught error and no native dialog allowed."""
-    context = browser.new_context()
-    context.set_default_timeout(30_000)
-    tab = context.new_page()
-    problems: list[str] = []
-    tab.on("pageerror", lambda exc: problems.append(f"error: {exc}"))
-
-    def on_dialog(dialog: Any) -> None:
-        problems.append(f"dialog: {dialog.message}")
-        dialog.dismiss()
-
-    tab.on("dialog", on_dialog)
-    yield tab
-    context.close()
-    assert problems == []
-
-
-@pytest.fixture
-def serve(moi_env, user, tmp_path) -> Iterator[Callable[..., MoiServer]]:
-    servers: list[MoiServer] = []
-
-    def start(read_only: bool = False) -> MoiServer:
-        server = MoiServer(user, tmp_path / f"serve-{len(servers)}.log", read_only)
-        servers.append(server)
-        server.start()
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
-@pytest.fixture
-def server(serve) -> MoiServer:
-    return serve()
-
-
-@pytest.fixture
-def gate(tmp_path) -> Iterator[Path]:
-    path = tmp_path / "release"
-    yield path
-    path.touch()
 
 
 def open_page(page: Page, server: MoiServer, path: str) -> None:

@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
-from test_browser import CHROMIUM, CHROMIUM_ARGS, LIVE, MoiServer, log_in
+from playwright.sync_api import Page, expect
+from support import LIVE, log_in
 from tornado.httpclient import HTTPRequest
 from tornado.testing import AsyncHTTPTestCase, gen_test
 from tornado.web import Application, create_signed_value
@@ -119,43 +119,9 @@ class BatchCase(AsyncHTTPTestCase):
 
 
 # -- fixtures --------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
 @pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    """A fresh page; uncaught errors and dialogs fail the test."""
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
-    context.set_default_timeout(30_000)
-    tab = context.new_page()
-    errors: list[str] = []
-    dialogs: list[str] = []
-    tab.on("pageerror", lambda exc: errors.append(str(exc)))
-    tab.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    yield tab
-    context.close()
-    assert errors == [], errors
-    assert dialogs == [], dialogs  # confirmations are in the page, not window.confirm
-
-
-@pytest.fixture
-def serve(moi_env, user, tmp_path) -> Iterator[Callable[..., MoiServer]]:
-    servers: list[MoiServer] = []
-
-    def start(read_only: bool = False) -> MoiServer:
-        server = MoiServer(user, tmp_path / f"serve-{len(servers)}.log", read_only)
-        servers.append(server)
-        server.start()
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
+def viewport() -> dict[str, int]:
+    return {"width": 1200, "height": 900}
 
 
 # -- writing trees straight into Redis -------------------------------------------------
