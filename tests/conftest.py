@@ -87,9 +87,14 @@ def user() -> str:
 
 
 # -- a real browser (Debian's chromium through Playwright) and moi serve --------------
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless Chromium for the whole run; each test gets its own context."""
+    """One headless Chromium per module; each test gets its own context.
+
+    Not for the whole session: while Playwright's sync API runs, the main
+    thread counts as running an event loop, which Tornado's AsyncHTTPTestCase
+    of a later module could not start (within a module, such cases come first).
+    """
     from playwright.sync_api import sync_playwright
     from support import CHROMIUM, CHROMIUM_ARGS
 

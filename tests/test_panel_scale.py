@@ -310,7 +310,7 @@ def test_cancel_and_remove_ask_first(page, serve, user):
     server = serve()
     log_in(page, server)
     row = panel_row(page, queued)
-    expect(row.locator(".moi-log")).to_be_hidden()  # no moi_log.js in this page
+    expect(row.locator(".moi-log")).to_be_visible()  # the dashboard loads moi_log.js
     row.locator(".moi-cancel").click()
     expect(row.locator(".moi-confirm")).to_have_text("Yes, cancel")
     row.locator(".moi-keep").click()  # changed my mind
