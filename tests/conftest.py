@@ -180,3 +180,17 @@ def gate(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "release"
     yield path
     path.touch()
+
+
+@pytest.fixture(scope="module")
+def no_leftover_keys(moi_env: dict[str, str]) -> Iterator[None]:
+    """Remove the API keys a module made: with keys, a token-less ``moi serve`` is multi-user."""
+    from moi import keys
+
+    client = runtime.redis_client()
+    before = set(client.hkeys(keys.API_KEYS))
+    yield
+    made = set(client.hkeys(keys.API_KEYS)) - before
+    if made:
+        client.hdel(keys.API_KEYS, *made)
+        client.hdel(keys.API_KEYS_USED, *made)

@@ -315,3 +315,24 @@ def gated_cmd(release: Path) -> str:
         "    time.sleep(0.05)\n"
         "return 'released'"
     )
+
+
+def ensure_engine(profile: Path, context: str = "fragile", timeout: float = 120.0) -> None:
+    """Make sure the one-engine cluster of ``profile`` has its engine (a test may have killed it).
+
+    Asks the controller through a client of its own first: moi's client of
+    ``context`` would wait for engines that nobody starts.
+    """
+    import ipyparallel as ipp
+
+    from moi import ctxs
+
+    cluster = ipp.Cluster.from_file(profile_dir=str(profile), cluster_id="moi")
+    client = cluster.connect_client_sync()
+    try:
+        if not client.ids:
+            cluster.start_engines_sync(1)
+        client.wait_for_engines(1, timeout=timeout)
+    finally:
+        client.close()
+    ctxs[context].client.wait_for_engines(1, timeout=timeout)

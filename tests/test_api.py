@@ -40,6 +40,8 @@ description = "answers its ping"
 params = { ping = "from the template" }
 """
 
+pytestmark = pytest.mark.usefixtures("no_leftover_keys")
+
 
 @contextmanager
 def serve_process() -> Iterator[tuple[str, Callable[[], str]]]:

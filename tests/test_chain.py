@@ -10,15 +10,13 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
-import ipyparallel as ipp
 import pytest
 from click.testing import CliRunner
-from support import moi_cli, wait_for_status
+from support import ensure_engine, moi_cli, wait_for_status
 
-from moi import ctxs, keys, runtime, watchdog
+from moi import keys, runtime, watchdog
 from moi.chain import jobs
 from moi.cli import main
 from moi.group import create_info, get_id_from_user
@@ -160,15 +158,8 @@ def test_a_chain_started_with_no_block_runs_to_its_end(moi_env, user):
     assert runtime.store().r.zscore(keys.QUEUED, last["id"]) is None
 
 
-def _ensure_fragile_engine(profile: Path) -> None:
-    client = ctxs["fragile"].client
-    if not client.ids:
-        ipp.Cluster.from_file(profile_dir=str(profile), cluster_id="moi").start_engines_sync(1)
-    client.wait_for_engines(1, timeout=120)
-
-
 def test_an_engine_killed_between_two_jobs_leaves_nothing_queued(fragile_cluster, user):
-    _ensure_fragile_engine(fragile_cluster)
+    ensure_engine(fragile_cluster)
     try:
         first, _, _ = submit(
             "fragile", get_id_from_user(user), "dies", None, dies_while_handing_over
@@ -182,7 +173,7 @@ def test_an_engine_killed_between_two_jobs_leaves_nothing_queued(fragile_cluster
         assert first in lost["note"] and "never handed it to the cluster" in lost["note"]
         assert runtime.store().r.zscore(keys.QUEUED, next_id) is None
     finally:
-        _ensure_fragile_engine(fragile_cluster)  # the next tests need one
+        ensure_engine(fragile_cluster)  # the next tests need one
 
 
 def test_a_chained_job_written_but_never_handed_over_is_failed(moi_env, user):

@@ -15,6 +15,8 @@ from moi.client import AuthError, Client, JobFinishedError
 from moi.errors import MoiError, UnknownIdError
 from moi.group import get_id_from_user
 
+pytestmark = pytest.mark.usefixtures("no_leftover_keys")
+
 
 @pytest.fixture(scope="module")
 def url(moi_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -173,8 +175,9 @@ def test_moi_nodes_lists_the_local_engines(moi_env: dict[str, str]) -> None:
     done = moi_cli("nodes", env=_env(None, None))
     assert done.returncode == 0, done.stderr
     assert "context default" in done.stdout and "reachable" in done.stdout
-    engines = [line for line in done.stdout.splitlines() if line.startswith("  ") and "\t" in line]
-    assert len([e for e in engines if not e.strip().startswith("engine")]) == 2
+    default = done.stdout.split("context default", 1)[1].split("\ncontext ", 1)[0]
+    engines = [line for line in default.splitlines() if line.startswith("  ") and "\t" in line]
+    assert len([e for e in engines if not e.strip().startswith("engine")]) == 2  # its two
     assert "context offline" in done.stdout and "unreachable" in done.stdout
 
 

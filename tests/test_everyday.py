@@ -303,6 +303,7 @@ def test_json_for_scripts(moi_env, user, tmp_path):
 def test_serve_on_port_zero_picks_a_free_port_and_prints_it(moi_env):
     proc = subprocess.Popen(
         [sys.executable, "-m", "moi.cli", "serve", "--port", "0"],
+        env={**os.environ, "MOI_TOKEN": "a-token-for-this-test-only"},  # single-user
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -13,11 +13,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import ipyparallel as ipp
 import pytest
-from support import moi_cli, process_gone, snapshot, subscribed, wait_for_file, wait_for_status
+from support import (
+    ensure_engine,
+    moi_cli,
+    process_gone,
+    snapshot,
+    subscribed,
+    wait_for_file,
+    wait_for_status,
+)
 
-from moi import ctxs, keys, runtime
+from moi import keys, runtime
 from moi.errors import InvalidIdError, MoiError
 from moi.group import get_id_from_user
 from moi.job import cancel, submit_many
@@ -176,12 +183,7 @@ def test_a_bad_chunksize_or_parent_is_refused_before_anything_is_written(moi_env
 
 # -- a dead engine ----------------------------------------------------------------------
 def test_an_engine_killed_mid_chunk_leaves_no_element_running(fragile_cluster, user, tmp_path):
-    client = ctxs["fragile"].client
-    if not client.ids:  # a fault test before killed the only engine
-        ipp.Cluster.from_file(
-            profile_dir=str(fragile_cluster), cluster_id="moi"
-        ).start_engines_sync(1)
-    client.wait_for_engines(1, timeout=60)
+    ensure_engine(fragile_cluster)  # a fault test before may have killed the only one
     parent = get_id_from_user(user)
     pid_file = tmp_path / "pid"
     inputs = [
