@@ -89,3 +89,21 @@ def test_layers_core_service_doors():
             if layer == "service" and target == "doors":
                 problems.append(f"service moi.{module} imports door moi.{imported}")
     assert not problems, "\n".join(problems)
+
+
+def test_the_package_builds_quietly_with_every_data_file(tmp_path):
+    """Every data directory is declared: no setuptools warning, and the wheel holds them."""
+    import zipfile
+
+    done = run("pip", "wheel", "--no-deps", "-w", str(tmp_path), ".")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "absent from the `packages`" not in done.stdout + done.stderr
+    (wheel,) = tmp_path.glob("moi-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for wanted in (
+        "moi/static/moi_list.js",
+        "moi/static/vendor/uplot/uPlot.iife.min.js",
+        "moi/static/vendor/uplot/LICENSE",
+        "moi/templates/dashboard.html",
+    ):
+        assert wanted in names, wanted
