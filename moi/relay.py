@@ -317,21 +317,36 @@ def _parse(data: bytes) -> list[tuple[str, list[str]]]:
 
 
 _relay: Relay | None = None
+_relay_loop: asyncio.AbstractEventLoop | None = None  # the loop its connections belong to
 
 
 def get_relay() -> Relay:
-    """The process's relay, made on first use."""
-    global _relay
+    """The process's relay, made on first use (and again on another event loop).
+
+    A server runs one loop; a process that runs several one after the other
+    (tests) gets a relay per loop, since a relay's connections belong to the
+    loop that made them.
+    """
+    global _relay, _relay_loop
+    try:
+        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if _relay is not None and loop is not None and _relay_loop not in (None, loop):
+        _relay = None  # the old one's loop is gone or elsewhere: leave it be
     if _relay is None:
         from moi import runtime
 
         _relay = Relay(runtime.redis_url(), runtime.settings().key_timeout)
+        _relay_loop = loop
+    elif _relay_loop is None:
+        _relay_loop = loop
     return _relay
 
 
 async def close_relay() -> None:
     """Stop the process's relay (tests, server shutdown)."""
-    global _relay
+    global _relay, _relay_loop
     if _relay is not None:
         await _relay.stop()
-        _relay = None
+        _relay, _relay_loop = None, None

@@ -42,6 +42,7 @@ from moi.webauth import (
     ServerConfig,
     Sessions,
     TooManyLogins,
+    authenticate,
     check_host,
     check_same_origin,
     check_token,
@@ -472,6 +473,7 @@ class DashboardSocket(MOIMessageHandler):
         super().initialize(read_only=server.read_only)
         self.server = server
         self.session: dict[str, Any] | None = None
+        self.bearer: dict[str, Any] | None = None  # user and key prefix of a Bearer handshake
         self.principal: Principal | None = None
         self._stop_watching: list[Callable[[], None]] = []
 
@@ -480,9 +482,17 @@ class DashboardSocket(MOIMessageHandler):
 
     async def prepare(self) -> None:  # type: ignore[override]
         check_host(self.request, self.server.hosts)
-        check_same_origin(self.request)
-        self.session = read_session(self, self.server.sessions)
-        self.principal = await principal_for_session(self.server, self.session)
+        if "Authorization" in self.request.headers:
+            # a program, not a page (``moi --server URL watch``): a browser's WebSocket
+            # cannot send this header, so no page of another site can make such a
+            # handshake and the Origin check is not needed; the key is checked instead
+            self.principal = await authenticate(self, self.server)
+            if self.principal is not None and self.principal.key_prefix:
+                self.bearer = {"user": self.principal.user, "key": self.principal.key_prefix}
+        else:
+            check_same_origin(self.request)
+            self.session = read_session(self, self.server.sessions)
+            self.principal = await principal_for_session(self.server, self.session)
         if self.principal is not None:
             self.read_only = self.server.read_only or self.principal.read_only
             wanted = self.get_query_argument("user", None)
@@ -497,6 +507,8 @@ class DashboardSocket(MOIMessageHandler):
     async def open(self, *args: Any) -> None:
         if self.session is not None:
             self.watch_session(self.session)
+        elif self.bearer is not None:
+            self._watch_key()
         await super().open(*args)
 
     def watch_session(self, session: dict[str, Any]) -> None:
@@ -509,13 +521,17 @@ class DashboardSocket(MOIMessageHandler):
         unwatch = sessions.on_revoke(session, lambda: self.close(1008, "logged out"))
         self._stop_watching = [lambda: loop.remove_timeout(expiry), unwatch]
         if self.server.multi_user:
-            check = PeriodicCallback(self._check_key, self.server.key_check_seconds * 1000)
-            check.start()
-            self._stop_watching.append(check.stop)
+            self._watch_key()
+
+    def _watch_key(self) -> None:
+        """Close this socket (1008) once its API key is revoked (checked periodically)."""
+        check = PeriodicCallback(self._check_key, self.server.key_check_seconds * 1000)
+        check.start()
+        self._stop_watching.append(check.stop)
 
     async def _check_key(self) -> None:
         try:
-            still = await principal_for_session(self.server, self.session)
+            still = await principal_for_session(self.server, self.session or self.bearer)
         except Exception as exc:  # noqa: BLE001 -- Redis away: check again next time
             log.warning("checking a websocket's API key failed: %s", exc)
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,3 +199,39 @@ def test_cli_cancels_retries_and_lists_types_through_the_server(
     assert types.returncode == 0 and "ping\tbuilt-in" in types.stdout
     templates = moi_cli("templates", env=env)
     assert templates.returncode == 0 and "pinger\tping" in templates.stdout
+
+
+# -- moi --server URL watch: the live view over the server's websocket, as a key -------
+def test_remote_watch_json_shows_ones_own_jobs_only(url: str, people: People) -> None:
+    mine = Client(url, people.keys["alice"]).submit(type="ping", environ={}, wait=60)
+    theirs = Client(url, people.keys["bob"]).submit(type="ping", environ={}, wait=60)
+    done = moi_cli("--server", url, "watch", "--json", env=_env(None, people.keys["alice"]))
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    finished = {job["id"] for job in seen["finished"]}
+    assert mine["id"] in finished and theirs["id"] not in finished
+    assert seen["group_id"] == get_id_from_user(people.names["alice"])
+    assert seen["counts"].get("Success", 0) == seen["jobs"] >= 1
+    refused = moi_cli("--server", url, "watch", "--json", env=_env(None, "moi_00000000_nope"))
+    assert refused.returncode == 1 and "the key was refused" in refused.stderr
+
+
+def test_remote_watch_follows_changes_live(url: str, people: People) -> None:
+    import time
+
+    from moi.cli.watch import RemoteTree
+
+    tree = RemoteTree(url, people.keys["alice"])
+    try:
+        with tree.following():
+            before = len(tree.jobs())
+            job = Client(url, people.keys["alice"]).submit(type="ping", environ={"ping": 2})
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                tree.poll(0.5)
+                if tree.nodes.get(job["id"], {}).get("status") == "Success":
+                    break
+            assert tree.nodes[job["id"]]["status"] == "Success"
+            assert len(tree.jobs()) == before + 1
+    finally:
+        tree.close()

@@ -240,6 +240,29 @@ class TestRevokedAndReadOnly(MultiUserCase):
         again = self.fetch(f"/?token={quote(self.key['alice'])}", follow_redirects=False)
         assert "Set-Cookie" not in again.headers
 
+    def test_a_programs_bearer_socket_shows_its_tree_until_the_key_is_revoked(self) -> None:
+        mine, theirs = _job(self.alice, "mine"), _job(self.bob, "theirs")
+        url = f"ws://127.0.0.1:{self.get_http_port()}/moi-ws/"
+
+        def bearer(key: str) -> WebSocketClientConnection:  # no cookie, no Origin: a program
+            request = HTTPRequest(url, headers={"Authorization": f"Bearer {key}"})
+            return self.io_loop.run_sync(lambda: websocket_connect(request), timeout=TIMEOUT)
+
+        conn = bearer(self.key["alice"])
+        assert self.tree_ids(conn) == {get_id_from_user(self.alice), mine}
+        assert theirs not in self.tree_ids(conn)
+        with pytest.raises(HTTPClientError) as refused:
+            bearer("moi_00000000_not-a-key")
+        assert refused.value.code == 403
+        auth.revoke(self.made[0])
+
+        async def closed() -> None:
+            while await conn.read_message() is not None:
+                pass
+
+        self.io_loop.run_sync(closed, timeout=TIMEOUT)
+        assert conn.close_code == 1008 and conn.close_reason == "API key revoked"
+
     def test_a_read_only_key_refuses_every_write(self) -> None:
         mine = _job(self.alice, "mine")
         cookie, xsrf = self.log_in("reader")

@@ -8,6 +8,7 @@ for the elapsed times.  ``q`` (or Ctrl-C) quits.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import select
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import click
 import redis
@@ -30,6 +32,8 @@ from rich.text import Text
 
 from moi import keys, runtime
 from moi.cli import main, printable
+from moi.cli.remote import _remote, client_of, remote
+from moi.errors import MoiError
 from moi.group import get_id_from_user
 from moi.status import Status, is_terminal
 from moi.store import decode_all
@@ -62,21 +66,48 @@ BURST = 1000
 def watch(user: str, as_json: bool, finished: int) -> None:
     """Watch a user's jobs live in the terminal: counts, running, latest finished; q quits."""
     group_id = get_id_from_user(user)
-    tree = Tree(group_id, runtime.redis_client())
+    show(Tree(group_id, runtime.redis_client()), user, as_json, finished)
+
+
+@remote("watch")
+@_remote.command("watch")
+@click.option("--user", default=None, help="Whose jobs (admin keys) [default: the key's user].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON snapshot and exit.")
+@click.option(
+    "--finished",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="How many of the latest finished jobs to show.",
+)
+@click.pass_context
+def remote_watch(ctx: click.Context, user: str | None, as_json: bool, finished: int) -> None:
+    """Watch your jobs on the server live, over its websocket: counts, running, finished."""
+    client = client_of(ctx)
+    tree = RemoteTree(client.url, client._key, user)  # noqa: SLF001 -- the same key, on the socket
+    try:
+        show(tree, user or "", as_json, finished)
+    finally:
+        tree.close()
+
+
+def show(tree: Tree | RemoteTree, user: str, as_json: bool, finished: int) -> None:
+    """``--json``: one snapshot on stdout; else the live full-screen view until ``q``."""
     if as_json:
         tree.load()
-        click.echo(json.dumps(snapshot(user, group_id, tree.jobs(), finished, time.time())))
+        data = snapshot(user or tree.user, tree.group_id, tree.jobs(), finished, time.time())
+        click.echo(json.dumps(data))
         return
     if not sys.stdin.isatty() or not sys.stdout.isatty():
         raise click.UsageError("moi watch needs a terminal; use --json for a snapshot")
     try:
         with tree.following(), keys_pressed() as pressed:
-            _live(tree, user, group_id, finished, pressed)
+            _live(tree, user or tree.user, finished, pressed)
     except KeyboardInterrupt:
         pass
 
 
-def _live(tree: Tree, user: str, group_id: str, finished: int, pressed: Any) -> None:
+def _live(tree: Tree | RemoteTree, user: str, finished: int, pressed: Any) -> None:
     """Redraw on changes (at most every FRAME s) and every second, until ``q``."""
     with Live(console=Console(), screen=True, auto_refresh=False) as live:
         drawn, dirty = 0.0, True
@@ -86,13 +117,15 @@ def _live(tree: Tree, user: str, group_id: str, finished: int, pressed: Any) -> 
                 return
             now = time.time()
             if (dirty and now - drawn >= FRAME) or now - drawn >= 1.0:
-                data = snapshot(user, group_id, tree.jobs(), finished, now)
+                data = snapshot(user, tree.group_id, tree.jobs(), finished, now)
                 live.update(render(data), refresh=True)
                 drawn, dirty = now, False
 
 
 class Tree:
     """The info objects of a user's tree, kept current from the nodes' channels."""
+
+    user = ""  # named by the caller
 
     def __init__(self, group_id: str, client: redis.Redis) -> None:
         self.group_id, self.r = group_id, client
@@ -150,6 +183,110 @@ class Tree:
             for info in decode_all(self.r.mget([keys.info(i) for i in wanted])):
                 self.nodes[info["id"]] = info
         return bool(wanted)
+
+
+class RemoteTree:
+    """The same view of a remote ``moi serve``: its websocket (the panel's protocol), as a key.
+
+    The handshake carries ``Authorization: Bearer KEY``; the server answers
+    ``get`` with the key user's tree (an admin's ``?user=``'s), then pushes
+    ``add`` / ``update`` / ``remove`` frames as the panel gets them.
+    """
+
+    def __init__(self, url: str, key: str, user: str | None = None) -> None:
+        scheme, rest = url.split("://", 1)
+        query = f"?user={quote(user)}" if user else ""
+        self.ws_url = f"{'wss' if scheme == 'https' else 'ws'}://{rest}/moi-ws/{query}"
+        self.key, self.user = key, user or ""
+        self.group_id = ""
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self._loop = asyncio.new_event_loop()
+        self._conn: Any = None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._loop.close()
+
+    def _connect(self) -> None:
+        from tornado.httpclient import HTTPClientError, HTTPRequest
+        from tornado.websocket import websocket_connect
+
+        request = HTTPRequest(self.ws_url, headers={"Authorization": f"Bearer {self.key}"})
+
+        async def connect() -> Any:  # on this tree's loop: Tornado takes the running one
+            return await websocket_connect(request)
+
+        try:
+            self._conn = self._loop.run_until_complete(connect())
+        except HTTPClientError as exc:
+            why = {401: "the key was refused", 403: "the key was refused", 404: "no such user"}
+            raise MoiError(f"{self.ws_url}: {why.get(exc.code, exc)}") from None
+        except OSError as exc:
+            raise MoiError(f"cannot reach {self.ws_url}: {exc}") from None
+
+    def load(self) -> None:
+        """Ask for the whole tree; take frames until none comes for a moment."""
+        if self._conn is None:
+            self._connect()
+        self.nodes.clear()
+        self._conn.write_message(json.dumps({"get": []}))
+        if not self._read(30.0):
+            raise MoiError(f"{self.ws_url}: no answer to get within 30 s")
+        while self._read(0.3):
+            pass
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return [info for info in self.nodes.values() if info.get("type") == "job"]
+
+    @contextmanager
+    def following(self) -> Iterator[None]:
+        """The socket follows every node once it has sent the tree."""
+        self.load()
+        yield
+
+    def poll(self, timeout: float) -> bool:
+        """Apply the frames that come within ``timeout`` seconds; whether any did."""
+        changed = self._read(timeout)
+        for _ in range(BURST):
+            if not self._read(0):
+                break
+        return changed
+
+    def _read(self, timeout: float) -> bool:
+        """Apply one message if one comes within ``timeout`` seconds."""
+        assert self._conn is not None
+
+        async def read() -> Any:
+            return await asyncio.wait_for(self._conn.read_message(), max(timeout, 0.001))
+
+        try:
+            message = self._loop.run_until_complete(read())
+        except asyncio.TimeoutError:
+            return False
+        if message is None:
+            raise MoiError(f"{self.ws_url}: the server closed the connection")
+        frame = json.loads(message)
+        for verb, info in frame.items():
+            if verb == "error":
+                raise MoiError(f"the server refused: {info.get('message')}")
+            if verb in ("get", "add", "update") and isinstance(info, dict) and "id" in info:
+                if not self.group_id and verb == "get":
+                    self.group_id = info["id"]  # the tree's root comes first
+                self.nodes[info["id"]] = {**self.nodes.get(info["id"], {}), **info}
+            elif verb == "remove" and isinstance(info, dict):
+                self._drop(str(info.get("id")))
+        return True
+
+    def _drop(self, node_id: str) -> None:
+        gone = {node_id}
+        while True:
+            below = {i for i, n in self.nodes.items() if n.get("parent") in gone} - gone
+            if not below:
+                break
+            gone |= below
+        for i in gone:
+            self.nodes.pop(i, None)
 
 
 def _verbs(data: bytes) -> list[tuple[str, list[str]]]:
