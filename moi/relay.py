@@ -277,7 +277,7 @@ class Relay:
         moves: list[tuple[str, str, str]] = []  # (verb, parent, child)
         for message in messages:
             node_id = keys.node_id_of_channel(message["channel"].decode())
-            for verb, ids in _parse(message["data"]):
+            for verb, ids in parse_message(message["data"]):
                 if verb == "update":
                     updates.update(dict.fromkeys(ids))
                 elif verb in ("add", "remove"):
@@ -301,7 +301,7 @@ def _being_cancelled() -> bool:
     return bool(task is not None and getattr(task, "cancelling", lambda: 0)())
 
 
-def _parse(data: bytes) -> list[tuple[str, list[str]]]:
+def parse_message(data: bytes) -> list[tuple[str, list[str]]]:
     """The ``(verb, ids)`` pairs of a channel message; malformed ones are dropped."""
     try:
         payload = json.loads(data)

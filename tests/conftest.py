@@ -194,3 +194,27 @@ def no_leftover_keys(moi_env: dict[str, str]) -> Iterator[None]:
     if made:
         client.hdel(keys.API_KEYS, *made)
         client.hdel(keys.API_KEYS_USED, *made)
+
+
+@pytest.fixture
+def example_app(moi_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    """``example/app.py`` as a subprocess; its base URL."""
+    from support import wait_until_listening
+
+    example = Path(__file__).resolve().parent.parent / "example" / "app.py"
+    port = redis_server.free_port()
+    log = tmp_path / "example.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(example), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ),
+            cwd="/",
+        )
+    try:
+        wait_until_listening(port, proc, lambda: log.read_text(errors="replace"))
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)

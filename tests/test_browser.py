@@ -15,22 +15,18 @@ creates.
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Page, expect
-from support import LIVE, add, gated_cmd, log_in, moi_cli, wait_for_status, wait_until_listening
+from support import LIVE, add, gated_cmd, log_in, moi_cli, wait_for_status
 
 import moi
-from moi import keys, redis_server, runtime
+from moi import keys, runtime
 from moi.group import get_id_from_user
 from moi.job import submit
 
@@ -606,30 +602,7 @@ def test_group_form_makes_a_collapsible_group_of_jobs(page, server, user):
 
 
 # -- the embedding example ---------------------------------------------------------------
-EXAMPLE = Path(__file__).resolve().parent.parent / "example" / "app.py"
-
-
-@pytest.fixture
-def example_app(moi_env, tmp_path) -> Iterator[str]:
-    """``example/app.py`` as a subprocess; its base URL."""
-    port = redis_server.free_port()
-    log = tmp_path / "example.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(EXAMPLE), "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ),
-            cwd="/",
-        )
-    try:
-        wait_until_listening(port, proc, lambda: log.read_text(errors="replace"))
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
+# (fixture example_app: conftest.py)
 def test_example_app_submits_from_its_handler_and_the_panel_follows(page, example_app, user):
     page.goto(f"{example_app}/")
     expect(page).to_have_url(re.compile(r"/login\?next="))  # its own auth stands in front

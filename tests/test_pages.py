@@ -9,22 +9,14 @@ internal fields out.  Waiting is always on an event (Playwright's
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from playwright.sync_api import Page, expect
-from support import LIVE, MoiServer, gated_cmd, wait_for_status, wait_until_listening
+from support import LIVE, MoiServer, gated_cmd, wait_for_status
 
-from moi import redis_server, runtime
+from moi import runtime
 from moi.group import create_info, get_id_from_user
 from moi.job import describe_call, python_call, submit, wait
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "example" / "app.py"
 
 
 def open_page(page: Page, server: MoiServer, path: str) -> None:
@@ -142,26 +134,6 @@ def test_unknown_ids_get_the_styled_error_page(page, server, user):
 
 
 # -- the embedding example -------------------------------------------------------------------
-@pytest.fixture
-def example_app(moi_env, tmp_path) -> Iterator[str]:
-    port = redis_server.free_port()
-    log = tmp_path / "example.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(EXAMPLE), "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ),
-            cwd="/",
-        )
-    try:
-        wait_until_listening(port, proc, lambda: log.read_text(errors="replace"))
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 def test_example_styles_its_panel_and_serves_the_result_links(page, example_app, user):
     page.goto(f"{example_app}/login")
     page.fill("input[name=user]", user)

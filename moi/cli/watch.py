@@ -35,6 +35,7 @@ from moi.cli import main, printable
 from moi.cli.remote import _remote, client_of, remote
 from moi.errors import MoiError
 from moi.group import get_id_from_user
+from moi.relay import parse_message
 from moi.status import Status, is_terminal
 from moi.store import decode_all
 
@@ -53,16 +54,23 @@ STYLES = {
 BURST = 1000
 
 
+def view_options(command: Any) -> Any:
+    """``--json`` and ``--finished``, shared by the local and the remote ``watch``."""
+    command = click.option(
+        "--finished",
+        default=10,
+        show_default=True,
+        type=click.IntRange(1, 1000),
+        help="How many of the latest finished jobs to show.",
+    )(command)
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print one JSON snapshot and exit."
+    )(command)
+
+
 @main.command("watch")
 @click.option("--user", default="no-user", show_default=True, help="Whose jobs to watch.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON snapshot and exit.")
-@click.option(
-    "--finished",
-    default=10,
-    show_default=True,
-    type=click.IntRange(1, 1000),
-    help="How many of the latest finished jobs to show.",
-)
+@view_options
 def watch(user: str, as_json: bool, finished: int) -> None:
     """Watch a user's jobs live in the terminal: counts, running, latest finished; q quits."""
     group_id = get_id_from_user(user)
@@ -72,14 +80,7 @@ def watch(user: str, as_json: bool, finished: int) -> None:
 @remote("watch")
 @_remote.command("watch")
 @click.option("--user", default=None, help="Whose jobs (admin keys) [default: the key's user].")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON snapshot and exit.")
-@click.option(
-    "--finished",
-    default=10,
-    show_default=True,
-    type=click.IntRange(1, 1000),
-    help="How many of the latest finished jobs to show.",
-)
+@view_options
 @click.pass_context
 def remote_watch(ctx: click.Context, user: str | None, as_json: bool, finished: int) -> None:
     """Watch your jobs on the server live, over its websocket: counts, running, finished."""
@@ -162,7 +163,7 @@ class Tree:
         for _ in range(BURST):
             if message is None:
                 break
-            for verb, ids in _verbs(message["data"]):
+            for verb, ids in parse_message(message["data"]):
                 if verb == "update":
                     changed.update(ids)
                 elif verb == "add":
@@ -287,20 +288,6 @@ class RemoteTree:
             gone |= below
         for i in gone:
             self.nodes.pop(i, None)
-
-
-def _verbs(data: bytes) -> list[tuple[str, list[str]]]:
-    try:
-        payload = json.loads(data)
-    except (ValueError, RecursionError):
-        return []
-    if not isinstance(payload, dict):
-        return []
-    return [
-        (v, [i for i in ids if isinstance(i, str)])
-        for v, ids in payload.items()
-        if isinstance(ids, list)
-    ]
 
 
 def _when(value: Any) -> float | None:
