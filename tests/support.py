@@ -197,9 +197,12 @@ def snapshot(client: redis.Redis) -> dict[str, Any]:
     for key in client.keys("*"):
         if key.decode().startswith(keys.PREFIX) or key.decode().endswith(":cancel"):
             continue
-        if 0 < client.ttl(key) < 86400:
+        ttl = client.ttl(key)
+        if ttl == -2 or 0 < ttl < 86400:  # gone already, or soon
             continue
         kind = client.type(key)
+        if kind == b"none":  # expired since
+            continue
         found[key.decode()] = readers[kind](key) if kind in readers else kind
     return found
 
