@@ -130,6 +130,11 @@ def page(browser: Any, watched: Watched, viewport: dict[str, int] | None) -> Ite
 
     Messages about the Content Security Policy go to ``watched.refused``.
     """
+    from playwright.sync_api import expect
+
+    # a busy CI machine may take more than Playwright's default 5 s to redraw: every
+    # assertion still returns as soon as it holds
+    expect.set_options(timeout=30_000)
     context = browser.new_context(**({"viewport": viewport} if viewport else {}))
     context.set_default_timeout(30_000)
     tab = context.new_page()
