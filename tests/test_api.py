@@ -363,11 +363,12 @@ def test_list_pages_through_same_time_jobs_without_loss(call: Api) -> None:
     store = runtime.store()
     ids = [f"same-{uuid.uuid4().hex[:8]}-{n}" for n in range(7)]
     with store.r.pipeline() as pipe:
+        # the keys live as long as moi's own: none may expire while a later test compares
         for job_id in ids:
             info = {**create_info(job_id, "job", parent=group, id=job_id), "status": "Success"}
-            pipe.set(keys.info(job_id), json.dumps(info), ex=600)
+            pipe.set(keys.info(job_id), json.dumps(info), ex=store.key_timeout)
             pipe.sadd(keys.children(group), job_id)
-            for command in index_commands(info, 1000.0, 600):  # one creation time for all
+            for command in index_commands(info, 1000.0, store.key_timeout):
                 pipe.execute_command(*command)
         pipe.execute()
     seen: list[str] = []

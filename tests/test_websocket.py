@@ -138,7 +138,7 @@ class TestProtocol(WebSocketCase):
         r = runtime.redis_client()
         for bad_id, raw in (("bad-json", "{not json"), ("bad-list", "[1, 2]")):
             bad = f"{bad_id}-{uuid.uuid4().hex[:6]}"
-            r.set(keys.info(bad), raw, ex=600)
+            r.set(keys.info(bad), raw, ex=14 * 86400)  # never expires mid-run
             r.sadd(keys.children(group_id), bad)
         ws = await self.ws_connect(user)
         tree = await self.get_tree(ws, 2)  # the group and its one real job
