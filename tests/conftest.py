@@ -223,3 +223,23 @@ def example_app(moi_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def plugin() -> str:
+    """Install the test plug-in (job types, filters, templates) where the engines run too."""
+    import shutil
+
+    from moi import manager, types
+
+    plugin_dir = Path(__file__).parent / "plugin_pkg"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", str(plugin_dir)],
+        check=True,
+        capture_output=True,
+    )
+    for leftover in ("build", "moi_test_plugin.egg-info"):
+        shutil.rmtree(plugin_dir / leftover, ignore_errors=True)
+    types.refresh()
+    manager.refresh()
+    return "moi_test_plugin"

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -21,29 +18,14 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from support import subscribed, wait_for_message, wait_for_status
 
-from moi import keys, manager, runtime, types, watchdog
+from moi import keys, manager, runtime, watchdog
 from moi.context import resolve
 from moi.errors import MoiError, UnknownIdError
 from moi.group import get_id_from_user
 from moi.manager import CallbackError, CallbackSecretError, JobFinishedError, JobManager
 from moi.status import Status, is_terminal
 
-PLUGIN_DIR = Path(__file__).parent / "plugin_pkg"
-
-
-@pytest.fixture(scope="session")
-def plugin() -> str:
-    """Install the test plug-in package (job types and templates) where the engines run too."""
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", str(PLUGIN_DIR)],
-        check=True,
-        capture_output=True,
-    )
-    for leftover in ("build", "moi_test_plugin.egg-info"):
-        shutil.rmtree(PLUGIN_DIR / leftover, ignore_errors=True)
-    types.refresh()
-    manager.refresh()
-    return "moi_test_plugin"
+# (fixture plugin: conftest.py)
 
 
 @pytest.fixture

@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -29,22 +27,10 @@ from moi.cli import BEGIN_ENVIRON, END_ENVIRON, main
 from moi.errors import MoiError
 from moi.job import submit_type, wait
 
-PLUGIN_DIR = Path(__file__).parent / "plugin_pkg"
 BUILT_INS = "echo, ping, python, system"
 
 
-@pytest.fixture(scope="session")
-def plugin() -> str:
-    """Install the test plug-in package into this environment (the engines' too)."""
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", str(PLUGIN_DIR)],
-        check=True,
-        capture_output=True,
-    )
-    for leftover in ("build", "moi_test_plugin.egg-info"):
-        shutil.rmtree(PLUGIN_DIR / leftover, ignore_errors=True)
-    types.refresh()
-    return "moi_test_plugin"
+# (fixture plugin: conftest.py)
 
 
 @pytest.fixture
