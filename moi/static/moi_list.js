@@ -812,10 +812,8 @@
         row.parts.remove.hidden = asking;
       }
       const open = this.isOpen(node);
-      if (row.details.open !== open) {
-        row.settingOpen = true;
-        row.details.open = open;
-      }
+      row.drawnOpen = open;  // a toggle event to this state is ours, not the user's
+      if (row.details.open !== open) row.details.open = open;
       if (open) this.renderList(node, row.list, row.pager);
       else if (row.list.firstChild) {
         for (const kid of [...row.list.children]) this.dropRow(kid.dataset.id, kid);
@@ -827,11 +825,10 @@
       if (!(details instanceof Element) || !details.classList.contains("moi-group-details")) return;
       const el = details.parentElement;
       const row = el && this.rows.get(el.dataset.id);
-      if (!row) return;
-      if (row.settingOpen) {
-        row.settingOpen = false;
-        if (details.open === this.isOpen(this.nodes.get(el.dataset.id))) return;
-      }
+      // Toggle events come later, and several programmatic changes may give one
+      // event or several: only a state other than the one drawn is the user's.
+      if (!row || row.details !== details || details.open === row.drawnOpen) return;
+      row.drawnOpen = details.open;
       this.open.set(el.dataset.id, details.open);
       this.markRow(el.dataset.id);
     }
