@@ -58,6 +58,17 @@ def cancel(job_id: str) -> str:
     return f"{job_id}:cancel"
 
 
+#: Pattern matching the channel of every node whose id has the shape of a uuid
+#: (every id moi makes): a server subscribes to it once instead of to one
+#: channel per node.  A job's output channel (``<id>:log:pubsub``) is longer.
+UUID_CHANNEL_PATTERN = "????????-????-????-????-????????????:pubsub"
+
+
+def in_channel_pattern(node_id: str) -> bool:
+    """Whether the channel of ``node_id`` matches :data:`UUID_CHANNEL_PATTERN`."""
+    return len(node_id) == 36 and all(node_id[i] == "-" for i in (8, 13, 18, 23))
+
+
 def node_id_of_channel(channel: str) -> str:
     """Return the node id a ``<id>:pubsub`` channel belongs to."""
     return channel[: -len(":pubsub")] if channel.endswith(":pubsub") else channel

@@ -1,9 +1,12 @@
 """One pub/sub relay per server process, shared by every websocket.
 
 The relay holds a single ``redis.asyncio`` pub/sub connection.  Views (one
-:class:`moi.group.Group` per browser) tell it which nodes they follow; a
-channel is subscribed while at least one view follows its node.  Messages
-are drained in batches, every changed info object is read once (one MGET per
+:class:`moi.group.Group` per browser) tell it which nodes they follow.  The
+channels of nodes with uuid-shaped ids (every id moi makes) come through one
+pattern subscription made at connect, so following 100,000 nodes costs no
+Redis command; any other id's channel is subscribed while at least one view
+follows its node.  Messages of nodes nobody follows are dropped unread.
+Messages are drained in batches, every changed info object is read once (one MGET per
 batch) and handed to each view that follows it.  When Redis goes away the
 relay reconnects with back-off, subscribes again and asks every view to
 resync.
@@ -109,6 +112,7 @@ class Relay:
         self._stopping = False
         self._commands = asyncio.Lock()  # one pub/sub command at a time
         self._confirming: dict[str, asyncio.Future[None]] = {}  # channel -> confirmed
+        self._pattern_ready = asyncio.Event()  # Redis confirmed the uuid channel pattern
         self._resyncs: dict[Follower, asyncio.Task[None]] = {}  # view -> its running resync
         self.connected = asyncio.Event()
         #: Connections made so far; grows by one on every reconnect.
@@ -123,6 +127,15 @@ class Relay:
         new = [i for i in ids if not self._followers.get(i)]
         for node_id in ids:
             self._followers[node_id].add(follower)
+        if any(map(keys.in_channel_pattern, ids)) and not self._pattern_ready.is_set():
+            try:
+                await asyncio.wait_for(self._pattern_ready.wait(), CONFIRM_TIMEOUT)
+            except asyncio.TimeoutError:
+                pass  # as below: go on; a reconnect resyncs the views
+        ids = [i for i in ids if not keys.in_channel_pattern(i)]
+        new = [i for i in new if not keys.in_channel_pattern(i)]
+        if not ids:
+            return
         # changes are only delivered once Redis confirms (also when the subscription is
         # made by connecting); callers read state after this, so wait for the
         # confirmations of these channels, ours or another follower's
@@ -147,11 +160,12 @@ class Relay:
             followers.discard(follower)
             if not followers:
                 del self._followers[node_id]
-                gone.append(node_id)
+                if not keys.in_channel_pattern(node_id):
+                    gone.append(node_id)
         await self._send("unsubscribe", gone)
 
     def channel_count(self) -> int:
-        """Number of node channels currently subscribed."""
+        """Number of nodes followed (channels subscribed or matched by the pattern)."""
         return len(self._followers)
 
     def view_count(self) -> int:
@@ -203,7 +217,9 @@ class Relay:
         async with self._commands:
             # from here on follow() subscribes by itself; everything followed so far is below
             self.connected.set()
-            channels = [keys.RELAY_CHANNEL] + [keys.pubsub(i) for i in self._followers]
+            await self._pubsub.psubscribe(keys.UUID_CHANNEL_PATTERN)
+            others = [i for i in self._followers if not keys.in_channel_pattern(i)]
+            channels = [keys.RELAY_CHANNEL] + [keys.pubsub(i) for i in others]
             for start in range(0, len(channels), BATCH):
                 await self._pubsub.subscribe(*channels[start : start + BATCH])
         self.generation += 1
@@ -220,6 +236,7 @@ class Relay:
                 await self._listen()
             except (*_DOWN, RedisError) as exc:  # RedisError: LOADING, a refused command
                 self.connected.clear()
+                self._pattern_ready.clear()
                 if self._stopping or _being_cancelled():
                     raise asyncio.CancelledError from exc  # redis-py turned our cancel into this
                 log.warning("lost Redis (%s); retrying in %.1f s", exc, backoff)
@@ -250,10 +267,13 @@ class Relay:
             read_at = time.perf_counter()
             batch: list[dict[str, Any]] = []
             while message is not None:
-                if message["type"] == "message":
+                kind = message["type"]
+                if kind in ("message", "pmessage"):
                     batch.append(message)
-                elif message["type"] == "subscribe":
+                elif kind == "subscribe":
                     self._confirmed(message["channel"].decode())
+                elif kind == "psubscribe":
+                    self._pattern_ready.set()
                 if len(batch) >= BATCH:
                     break
                 message = await self._pubsub.get_message(timeout=0)
@@ -277,6 +297,8 @@ class Relay:
         moves: list[tuple[str, str, str]] = []  # (verb, parent, child)
         for message in messages:
             node_id = keys.node_id_of_channel(message["channel"].decode())
+            if node_id not in self._followers:
+                continue  # another user's node, or one nobody watches now
             for verb, ids in parse_message(message["data"]):
                 if verb == "update":
                     updates.update(dict.fromkeys(ids))

@@ -7,6 +7,7 @@ The job functions here run on the engines, which import this module by name
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -262,12 +263,17 @@ LIVE = 60_000
 
 
 class MoiServer:
-    """``moi serve`` as a subprocess on a fixed port; can be stopped and started again."""
+    """``moi serve`` as a subprocess; can be stopped and started again on the same port.
+
+    The first start asks for port 0 and reads the port picked from the
+    server's first line: a port found free beforehand may be taken by another
+    process (a cluster's ZeroMQ socket) before the server binds it.
+    """
 
     def __init__(self, user: str, log: Path, read_only: bool = False) -> None:
         self.user = user
         self.token = secrets.token_urlsafe(16)
-        self.port = redis_server.free_port()
+        self.port = 0
         self.read_only = read_only
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
@@ -282,6 +288,7 @@ class MoiServer:
 
     def start(self, timeout: float = 60.0) -> None:
         args = ["--port", str(self.port), "--token", self.token, "--user", self.user]
+        offset = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "moi.cli", "serve", *args]
@@ -291,7 +298,23 @@ class MoiServer:
                 env=dict(os.environ),
                 cwd="/",
             )
+        if self.port == 0:
+            self.port = self._picked_port(offset, timeout)
         wait_until_listening(self.port, self.proc, self.output, timeout)
+
+    def _picked_port(self, offset: int, timeout: float) -> int:
+        """The port in the login URL the server prints (its output past ``offset``)."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            found = re.search(r"http://127\.0\.0\.1:(\d+)/", self.output()[offset:])
+            if found:
+                return int(found.group(1))
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited ({self.proc.returncode}):\n{self.output()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no login URL after {timeout} s:\n{self.output()}")
+            time.sleep(0.05)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:

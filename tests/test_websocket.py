@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -213,6 +214,36 @@ class TestProtocol(WebSocketCase):
         other = await self.ws_connect(f"ws-{uuid.uuid4().hex[:8]}")
         await self.get_tree(other, 1)  # only its (new, empty) group is followed now
         assert self.relay.channel_count() == 1
+
+    @gen_test(timeout=30)
+    async def test_uuid_nodes_come_through_one_pattern_other_ids_by_channel(self) -> None:
+        user = f"ws-{uuid.uuid4().hex[:8]}"
+        group_id, ids = make_tree(user, 2)
+        ws = await self.ws_connect(user)
+        await self.get_tree(ws, 3)
+        r = runtime.redis_client()
+        assert r.pubsub_numpat() >= 1
+        assert dict(r.pubsub_numsub(*map(keys.pubsub, [group_id, *ids]))) == {
+            keys.pubsub(i).encode(): 0 for i in [group_id, *ids]
+        }  # following 3 uuid nodes costs no channel of their own
+        plain = f"plain-{uuid.uuid4().hex[:8]}"  # an id of another shape (as "no-user")
+        create_info("plain", "group", parent=group_id, id=plain, store=True)
+        await self.read_until(ws, "add", plain)
+        deadline = asyncio.get_running_loop().time() + TIMEOUT
+        while r.pubsub_numsub(keys.pubsub(plain))[0][1] != 1:
+            assert asyncio.get_running_loop().time() < deadline, "never subscribed"
+            await asyncio.sleep(0.01)
+        inner = create_info("inner", "job", parent=plain, store=True)["id"]
+        await self.read_until(ws, "add", inner)
+        runtime.store().update(inner, {"status": "Running"})
+        await self.read_until(ws, "update", inner, status="Running")
+        runtime.store().update(plain, {"name": "renamed"})
+        assert (await self.read_until(ws, "update", plain))["name"] == "renamed"
+        await ws.write_message(json.dumps({"remove": [plain]}))
+        await self.read_until(ws, "remove", plain)
+        while r.pubsub_numsub(keys.pubsub(plain))[0][1] != 0:
+            assert asyncio.get_running_loop().time() < deadline, "never unsubscribed"
+            await asyncio.sleep(0.01)
 
     @gen_test(timeout=60)
     async def test_redis_connections_do_not_grow_with_browsers(self) -> None:

@@ -431,6 +431,12 @@ class TestBackPressure(HardeningCase):
             stalled[1].abort()  # gone with writes pending: their failures must be handled
             frames, code = await stalled[0].until_closed()
             assert code == SLOW_CLIENT and frames, (code, len(frames))
+            # the last step reaches the bystander (written before the next change, so a
+            # busy relay cannot fold the two into one update)
+            deadline = time.monotonic() + TIMEOUT
+            while f"step {sent}" not in statuses:
+                assert time.monotonic() < deadline, statuses[-3:]
+                await asyncio.sleep(0.01)
             runtime.store().update(job, {"status": "after the drop"})
             await asyncio.wait_for(reading, TIMEOUT)  # the bystander was never dropped
             steps = [int(s.split()[1]) for s in statuses[:-1]]  # coalesced, never reordered
