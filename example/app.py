@@ -182,11 +182,12 @@ def make_app(cookie_secret: str) -> tornado.web.Application:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=8890)
+    parser.add_argument("--port", type=int, default=8890, help="0 picks a free one")
     args = parser.parse_args()
     app = make_app(os.environ.get("EXAMPLE_COOKIE_SECRET") or secrets.token_hex(32))
-    app.listen(args.port, address="127.0.0.1")
-    print(f"moi example on http://127.0.0.1:{args.port}/", flush=True)
+    server = app.listen(args.port, address="127.0.0.1")
+    port = next(iter(server._sockets.values())).getsockname()[1]
+    print(f"moi example on http://127.0.0.1:{port}/", flush=True)
     await asyncio.Event().wait()
 
 

@@ -204,22 +204,23 @@ def no_leftover_keys(moi_env: dict[str, str]) -> Iterator[None]:
 @pytest.fixture
 def example_app(moi_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     """``example/app.py`` as a subprocess; its base URL."""
-    from support import wait_until_listening
+    from support import wait_for_line
 
     example = Path(__file__).resolve().parent.parent / "example" / "app.py"
-    port = redis_server.free_port()
     log = tmp_path / "example.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, str(example), "--port", str(port)],
+            [sys.executable, str(example), "--port", "0"],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=dict(os.environ),
             cwd="/",
         )
     try:
-        wait_until_listening(port, proc, lambda: log.read_text(errors="replace"))
-        yield f"http://127.0.0.1:{port}"
+        found = wait_for_line(
+            proc, lambda: log.read_text(errors="replace"), r"http://127\.0\.0\.1:(\d+)/"
+        )
+        yield f"http://127.0.0.1:{found.group(1)}"
     finally:
         proc.terminate()
         proc.wait(10)

@@ -11,7 +11,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -92,22 +91,53 @@ def wait_for_file(path: Path, timeout: float = 30.0) -> str:
     raise TimeoutError(f"{path} did not appear within {timeout} s")
 
 
+def wait_for_line(
+    proc: subprocess.Popen, output: Callable[[], str], pattern: str, timeout: float = 60.0
+) -> re.Match[str]:
+    """Block until ``proc``'s ``output`` matches ``pattern``; fail with the output.
+
+    Servers print their address once they are bound: waiting for that line
+    (rather than for something to accept connections on a port picked
+    beforehand) cannot mistake another process's socket for the server.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        found = re.search(pattern, output())
+        if found:
+            return found
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}):\n{output()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {pattern!r} in the output after {timeout} s:\n{output()}")
+        time.sleep(0.05)
+
+
 def wait_until_listening(
     port: int, proc: subprocess.Popen, output: Callable[[], str], timeout: float = 60.0
 ) -> None:
-    """Block until ``proc`` accepts connections on ``127.0.0.1:port``; fail with its output."""
+    """Block until ``proc`` itself listens on ``port``; fail with its output.
+
+    The socket must be ``proc``'s: another process may have taken a port
+    found free beforehand, and answering there would look like the server.
+    """
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        if _listens(proc.pid, port):
             return
-        except OSError:
-            pass
         if proc.poll() is not None:
             raise RuntimeError(f"server exited ({proc.returncode}):\n{output()}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"nothing listening on {port} after {timeout} s:\n{output()}")
         time.sleep(0.05)
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` has a listening TCP socket on ``port``."""
+    try:
+        sockets = psutil.Process(pid).net_connections(kind="inet")
+    except psutil.Error:
+        return False
+    return any(s.status == psutil.CONN_LISTEN and s.laddr.port == port for s in sockets)
 
 
 def process_gone(pid: int, timeout: float = 10.0) -> bool:
@@ -298,23 +328,11 @@ class MoiServer:
                 env=dict(os.environ),
                 cwd="/",
             )
-        if self.port == 0:
-            self.port = self._picked_port(offset, timeout)
-        wait_until_listening(self.port, self.proc, self.output, timeout)
-
-    def _picked_port(self, offset: int, timeout: float) -> int:
-        """The port in the login URL the server prints (its output past ``offset``)."""
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while True:
-            found = re.search(r"http://127\.0\.0\.1:(\d+)/", self.output()[offset:])
-            if found:
-                return int(found.group(1))
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited ({self.proc.returncode}):\n{self.output()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no login URL after {timeout} s:\n{self.output()}")
-            time.sleep(0.05)
+        # the login URL is printed once the port is bound: by this server, not another
+        found = wait_for_line(
+            self.proc, lambda: self.output()[offset:], r"http://127\.0\.0\.1:(\d+)/", timeout
+        )
+        self.port = int(found.group(1))
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
