@@ -249,9 +249,17 @@ class Relay:
             earlier = self._resyncs.pop(view, None)
             if earlier is not None:
                 earlier.cancel()
-            task = background(view.resync(), "a view's resync")
+            task = background(self._resync_when_subscribed(view), "a view's resync")
             self._resyncs[view] = task
             task.add_done_callback(partial(self._resync_done, view))
+
+    async def _resync_when_subscribed(self, view: Follower) -> None:
+        """Resync ``view`` once Redis confirmed the pattern: no change between is lost."""
+        try:
+            await asyncio.wait_for(self._pattern_ready.wait(), CONFIRM_TIMEOUT)
+        except asyncio.TimeoutError:
+            pass  # resync anyway: the view is stale for sure
+        await view.resync()
 
     def _resync_done(self, view: Follower, task: asyncio.Task[None]) -> None:
         if self._resyncs.get(view) is task:
