@@ -217,6 +217,15 @@ def groups_index(parent_id: str) -> str:
     return f"{PREFIX}groups-by-parent:{parent_id}"
 
 
+def indexed(root_id: str) -> str:
+    """Key whose presence says the nodes under ``root_id`` are all in the creation indexes.
+
+    Trees written before the indexes existed (moi 1.0) are indexed once by
+    :func:`moi.listing.reindex` when a server starts.
+    """
+    return f"{PREFIX}indexed:{root_id}"
+
+
 def job_input(job_id: str) -> str:
     """Key of the JSON input a job was submitted with through the API (what a retry reruns)."""
     return f"{PREFIX}job-input:{job_id}"

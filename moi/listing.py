@@ -10,11 +10,16 @@ at the same time are told apart by id, so none is skipped or repeated.
 
 from __future__ import annotations
 
+import logging
+import time
+from datetime import datetime
 from typing import Any
 
 from moi import keys
 from moi.astore import AsyncStore
 from moi.store import decode, text
+
+log = logging.getLogger("moi.listing")
 
 #: Largest page.
 MAX_LIMIT = 1000
@@ -140,3 +145,47 @@ async def page(
 
 def cursor_text(entry: Entry | None) -> str | None:
     return None if entry is None else f"{entry[0]!r}~{entry[1]}"
+
+
+def _created(info: dict[str, Any]) -> float:
+    """A node's creation time (epoch seconds) from its ``date_created``; now if unreadable."""
+    try:
+        return datetime.fromisoformat(str(info.get("date_created"))).timestamp()
+    except ValueError:
+        return time.time()
+
+
+async def reindex(store: AsyncStore, root: str) -> int:
+    """Add the nodes under ``root`` missing from the creation indexes; how many were added.
+
+    Trees written by moi 1.0 (before the indexes) would otherwise be missing
+    from ``GET /api/v1/jobs``.  Entries already there are kept (``ZADD NX``);
+    afterwards :func:`moi.keys.indexed` marks ``root`` done, expiring with
+    moi's other keys.
+    """
+    infos = await store.tree(root)
+    async with store.r.pipeline(transaction=False) as pipe:
+        for info in infos:
+            parent = info.get("parent")
+            if not isinstance(parent, str) or info.get("id") == root:
+                continue
+            index = keys.jobs_index if info.get("type") == "job" else keys.groups_index
+            pipe.zadd(index(parent), {info["id"]: _created(info)}, nx=True)
+            pipe.expire(index(parent), store.key_timeout)
+        answers = await pipe.execute()
+    added = sum(answers[0::2])
+    await store.r.set(keys.indexed(root), "1", ex=store.key_timeout)
+    return added
+
+
+async def reindex_users(store: AsyncStore) -> int:
+    """:func:`reindex` every user's tree not marked done yet; the nodes added in all."""
+    users = await store.r.hgetall(keys.USER_ID_MAP)
+    roots = {text(gid) for name, gid in users.items() if keys.is_uuid(text(gid))}
+    added = 0
+    for root in sorted(roots):
+        if not await store.r.exists(keys.indexed(root)):
+            added += await reindex(store, root)
+    if added:
+        log.info("indexed %d older jobs and groups for the JSON API", added)
+    return added

@@ -29,10 +29,23 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.netutil import bind_sockets
 
-from moi import api, auth, connection, embedded, job, keys, nodes, runtime, watchdog, web_watch
+from moi import (
+    api,
+    auth,
+    connection,
+    embedded,
+    job,
+    keys,
+    listing,
+    nodes,
+    runtime,
+    watchdog,
+    web_watch,
+)
 from moi.context import resolve
 from moi.errors import InvalidUserError, MoiError
 from moi.group import create_info, get_id_from_user
+from moi.relay import background, get_relay
 from moi.status import is_terminal
 from moi.store import now, text
 from moi.webauth import (
@@ -749,6 +762,8 @@ async def serve(
     server = HTTPServer(app, xheaders=behind_proxy)
     server.add_sockets(sockets)
     start_watchdog()
+    # trees written by moi 1.0 get their creation indexes, so GET /api/v1/jobs lists them
+    background(listing.reindex_users(get_relay().store), "indexing older jobs")
     shown = "127.0.0.1" if host in ("", "0.0.0.0") else f"[{host}]" if ":" in host else host
     if multi_user:
         print(

@@ -9,6 +9,7 @@ callbacks need the job's secret.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -28,7 +29,20 @@ from urllib.parse import urlencode, urlsplit
 import pytest
 from support import sleeper, wait_for_status, wait_until_listening
 
-from moi import api, auth, ctxs, job, keys, manager, nodes, redis_server, runtime
+from moi import (
+    api,
+    auth,
+    connection,
+    ctxs,
+    job,
+    keys,
+    listing,
+    manager,
+    nodes,
+    redis_server,
+    runtime,
+)
+from moi.astore import AsyncStore
 from moi.group import create_info, get_id_from_user
 from moi.store import index_commands
 
@@ -345,6 +359,38 @@ def test_list_newest_first_with_filters_and_a_cursor(call: Api) -> None:
     since = call("alice", "GET", "/jobs", since=time.time() + 3600)[1]
     assert since == {"jobs": [], "next": None}
     assert call("bob", "GET", "/jobs")[1] == {"jobs": [], "next": None}
+
+
+def test_a_tree_written_by_moi_1_0_is_listed_after_a_server_start(people: People) -> None:
+    r = runtime.redis_client()
+    root = get_id_from_user(people.names["alice"])
+    group = create_info("old batch", "group", parent=root)
+    made = [create_info(f"old {n}", "job", parent=group["id"]) for n in range(3)]
+    for n, info in enumerate([group, *made]):  # written as 1.0 did: no creation indexes
+        info["date_created"] = f"2026-01-0{n + 1} 10:00:00.000000"
+        r.set(keys.info(info["id"]), json.dumps(info), ex=3600 * 24 * 14)
+        r.sadd(keys.children(info["parent"]), info["id"])
+    r.delete(keys.indexed(root))
+    newest_first = [info["id"] for info in made[::-1]]
+    with running_server() as url:
+        call = Api(url, people)
+        deadline = time.monotonic() + 60  # the server indexes older trees as it starts
+        while [j["id"] for j in call("alice", "GET", "/jobs")[1]["jobs"]] != newest_first:
+            assert time.monotonic() < deadline, call("alice", "GET", "/jobs")
+            time.sleep(0.05)
+    assert r.exists(keys.indexed(root))
+    assert r.zscore(keys.jobs_index(group["id"]), made[0]["id"]) == datetime(
+        2026, 1, 2, 10
+    ).timestamp()
+    assert asyncio.run(_reindex(root)) == 0  # done once: entries kept, none added twice
+
+
+async def _reindex(root: str) -> int:
+    client = connection.async_client(runtime.redis_url())
+    try:
+        return await listing.reindex(AsyncStore(client, 3600), root)
+    finally:
+        await client.aclose()
 
 
 def test_list_refuses_bad_parameters(call: Api) -> None:
