@@ -159,9 +159,7 @@ async def reindex(store: AsyncStore, root: str) -> int:
     """Add the nodes under ``root`` missing from the creation indexes; how many were added.
 
     Trees written by moi 1.0 (before the indexes) would otherwise be missing
-    from ``GET /api/v1/jobs``.  Entries already there are kept (``ZADD NX``);
-    afterwards :func:`moi.keys.indexed` marks ``root`` done, expiring with
-    moi's other keys.
+    from ``GET /api/v1/jobs``.  Entries already there are kept (``ZADD NX``).
     """
     infos = await store.tree(root)
     async with store.r.pipeline(transaction=False) as pipe:
@@ -173,19 +171,46 @@ async def reindex(store: AsyncStore, root: str) -> int:
             pipe.zadd(index(parent), {info["id"]: _created(info)}, nx=True)
             pipe.expire(index(parent), store.key_timeout)
         answers = await pipe.execute()
-    added = sum(answers[0::2])
-    await store.r.set(keys.indexed(root), "1", ex=store.key_timeout)
+    return sum(answers[0::2])
+
+
+async def _reindex_where_missing(store: AsyncStore, root: str) -> int:
+    """:func:`reindex` the groups under ``root`` whose indexes miss children.
+
+    Walks the groups only (three counts per group): a tree written by moi
+    1.1 costs a few round trips, not a read of every job.
+    """
+    added, level = 0, [root]
+    while level:
+        async with store.r.pipeline(transaction=False) as pipe:
+            for group in level:
+                pipe.scard(keys.children(group))
+                pipe.zcard(keys.jobs_index(group))
+                pipe.zrange(keys.groups_index(group), 0, -1)
+            answers = await pipe.execute()
+        below: list[str] = []
+        for n, group in enumerate(level):
+            children, jobs, groups = answers[3 * n : 3 * n + 3]
+            if children != jobs + len(groups):
+                added += await reindex(store, group)
+            else:
+                below += [text(g) for g in groups]
+        level = below
     return added
 
 
 async def reindex_users(store: AsyncStore) -> int:
-    """:func:`reindex` every user's tree not marked done yet; the nodes added in all."""
+    """Index every user's tree not marked done (:func:`moi.keys.indexed`); nodes added.
+
+    A tree is marked done once walked; the mark expires with moi's other keys.
+    """
     users = await store.r.hgetall(keys.USER_ID_MAP)
-    roots = {text(gid) for name, gid in users.items() if keys.is_uuid(text(gid))}
+    roots = {text(gid) for gid in users.values() if keys.is_uuid(text(gid))}
     added = 0
     for root in sorted(roots):
         if not await store.r.exists(keys.indexed(root)):
-            added += await reindex(store, root)
+            added += await _reindex_where_missing(store, root)
+            await store.r.set(keys.indexed(root), "1", ex=store.key_timeout)
     if added:
         log.info("indexed %d older jobs and groups for the JSON API", added)
     return added
