@@ -63,6 +63,20 @@ def test_create_prints_the_key_once_as_the_last_line_and_stores_its_hash(
     assert info is not None and info.user == user and info.prefix == prefix
 
 
+def test_the_first_key_says_a_running_server_needs_a_restart(made: list[str], user: str) -> None:
+    r = runtime.redis_client()
+    saved = r.hgetall(keys.API_KEYS)  # other tests' keys, put back afterwards
+    r.delete(keys.API_KEYS)
+    try:
+        _, first = create(made, "--user", user)
+        _, second = create(made, "--user", user)
+    finally:
+        if saved:
+            r.hset(keys.API_KEYS, mapping=saved)
+    assert "restart it to log people in with their keys" in first.stderr
+    assert "restart" not in second.stderr and len(first.stdout.splitlines()) == 2
+
+
 def test_list_shows_every_field_but_never_the_key(made: list[str], user: str) -> None:
     key, _ = create(made, "--user", user, "--admin", "--note", "boss")
     ro, _ = create(made, "--user", user, "--read-only")

@@ -20,8 +20,15 @@ def keys_() -> None:
 @click.option("--note", default="", help="A note shown by moi keys list (who, what for).")
 def create(user: str, admin: bool, read_only: bool, note: str) -> None:
     """Make a key for USER and print it once (the last line: the key alone)."""
+    first = not auth.any_keys()
     key, info = auth.create(user, admin=admin, read_only=read_only, note=note)
     kind = "admin key" if admin else "key"
+    if first:  # a server decides at start whether people log in with keys
+        click.echo(
+            "the first API key: a token-less moi serve started before it still logs in "
+            "with its printed token; restart it to log people in with their keys",
+            err=True,
+        )
     click.echo(
         printable(
             f"{kind} {info.prefix} for user {info.user!r}"
