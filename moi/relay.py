@@ -5,7 +5,8 @@ The relay holds a single ``redis.asyncio`` pub/sub connection.  Views (one
 channels of nodes with uuid-shaped ids (every id moi makes) come through one
 pattern subscription made at connect, so following 100,000 nodes costs no
 Redis command; any other id's channel is subscribed while at least one view
-follows its node.  Messages of nodes nobody follows are dropped unread.
+follows its node.  Messages of nodes nobody follows are dropped before any
+info object is read (the cost of the pattern: each costs the relay a parse).
 Messages are drained in batches, every changed info object is read once (one MGET per
 batch) and handed to each view that follows it.  When Redis goes away the
 relay reconnects with back-off, subscribes again and asks every view to
