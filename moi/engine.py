@@ -444,6 +444,7 @@ def run_typed(
     from moi import types  # the service layer, loaded only where typed jobs run
 
     final = types.execute(environ, where=engine_name())
+    final.pop("callback_url", None)  # its secret writes the job's status: not in the result
     if final.get("result") != "SUCCESS":
         raise TypedJobFailed(_within(final, max_result_bytes))
     if "chain" in final and in_job():

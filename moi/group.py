@@ -370,8 +370,12 @@ class Group:
             self._forward({"update": info})
 
     def on_add(self, parent_id: str, info: dict[str, Any]) -> None:
-        """A node was added under a followed group."""
-        if parent_id in self.nodes and info["id"] not in self.nodes:
+        """A node was added under a followed group (and says so itself)."""
+        if (
+            parent_id in self.nodes
+            and info["id"] not in self.nodes
+            and info.get("parent") == parent_id  # not a node named on a channel not its own
+        ):
             self._forward({"add": info})
             self._background(self._adopt(parent_id, info), f"following new node {info['id']}")
 
@@ -406,9 +410,11 @@ class Group:
     async def _resync_once(self) -> None:
         infos = await self.relay.store.tree(self.group_id)
         now_ids = {info["id"] for info in infos} | {self.group_id}
-        for lost in set(self.nodes) - now_ids:
-            self.nodes.pop(lost, None)
-            self._forward({"remove": {"id": lost}})
+        lost = set(self.nodes) - now_ids
+        for node_id in lost:
+            self.nodes.pop(node_id, None)
+            self._forward({"remove": {"id": node_id}})
+        await self.relay.unfollow(self, list(lost))
         await self._reply("get", infos)
 
     async def _reply(self, verb: str, infos: list[dict[str, Any]]) -> None:

@@ -65,8 +65,12 @@ UUID_CHANNEL_PATTERN = "????????-????-????-????-????????????:pubsub"
 
 
 def in_channel_pattern(node_id: str) -> bool:
-    """Whether the channel of ``node_id`` matches :data:`UUID_CHANNEL_PATTERN`."""
-    return len(node_id) == 36 and all(node_id[i] == "-" for i in (8, 13, 18, 23))
+    """Whether the channel of ``node_id`` matches :data:`UUID_CHANNEL_PATTERN`.
+
+    Redis matches bytes (a ``?`` is one byte), so the UTF-8 bytes are counted.
+    """
+    raw = node_id.encode()
+    return len(raw) == 36 and all(raw[i] == 0x2D for i in (8, 13, 18, 23))
 
 
 def node_id_of_channel(channel: str) -> str:

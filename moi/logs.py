@@ -761,8 +761,11 @@ class LogHub:
                     message = await self._pubsub.get_message(timeout=0)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 log.warning("log channels lost Redis (%s); resubscribing", exc)
-                await asyncio.sleep(0.5)
-                await self._resubscribe()
+                delay = 0.5
+                await asyncio.sleep(delay)
+                while not await self._resubscribe():  # a pub/sub without a connection
+                    delay = min(delay * 2, 5.0)  # cannot be listened on: retry until it has one
+                    await asyncio.sleep(delay)
                 continue
             for job_id, parts in batches.items():
                 start, lines = _joined(parts)
@@ -770,7 +773,7 @@ class LogHub:
                     follower.on_batch(start, lines)
 
     def _take(self, message: dict[str, Any], batches: dict[str, list[Any]]) -> None:
-        channel = message["channel"].decode()
+        channel = message["channel"].decode(errors="replace")
         if message["type"] == "subscribe":
             future = self._confirming.get(channel)
             if future is not None and not future.done():
@@ -782,7 +785,8 @@ class LogHub:
         if parsed is not None:
             batches.setdefault(channel[: -len(":log:pubsub")], []).append(parsed)
 
-    async def _resubscribe(self) -> None:
+    async def _resubscribe(self) -> bool:
+        """Subscribe every followed log channel on a new connection; whether it worked."""
         try:
             if self._pubsub is not None:
                 await self._pubsub.aclose()
@@ -791,10 +795,11 @@ class LogHub:
             await self._pubsub.subscribe(*channels)  # the first keeps the connection up
         except (redis.RedisError, OSError) as exc:
             log.warning("cannot resubscribe the log channels yet: %s", exc)
-            return
+            return False
         for followers in self._followers.values():
             for follower in followers:
                 self.background(follower.catch_up())
+        return True
 
     async def stop(self) -> None:
         """Stop listening and close the connections."""

@@ -330,7 +330,9 @@ class JobManager:
         The job store, or a Redis URL; the process's own store by default.
     public_url : str, optional
         Where ``moi serve`` is reached (``https://moi.example.org``); with it
-        each new job gets its callback URL in its environ as ``callback_url``.
+        each new job gets its callback URL in its environ as ``callback_url``
+        when it runs (made then, with a new secret, and kept out of the info
+        object and the result: a read-only key must not learn it).
         ``MOI_PUBLIC_URL`` by default.
     """
 
@@ -423,18 +425,14 @@ class JobManager:
         group_id = self.user_group(user)
         assert group_id is not None
         info = create_info(str(name), "job", parent=group_id, context=context)
-        secret = None
-        if self.public_url:
-            secret = secrets.token_urlsafe(32)
-            environ["callback_url"] = self._callback_url(self.public_url, info["id"], secret)
         info.update(
             status=Status.PENDING.value,
             template=template.name,
             job_type=template.job_type,
             environ=environ,
         )
-        if secret is not None:
-            self._add_secret(info["id"], secret)
+        if self.public_url:  # the secret URL is made when it runs, and never stored
+            info["callback_base"] = self.public_url
         self.store.create(info)
         return Job(self, info)
 
@@ -532,6 +530,11 @@ class JobManager:
             raise JobFinishedError(f"job {job.id} is {before}, not Pending: it runs once")
         since = time.time()
         try:
+            base = info.get("callback_base")
+            if isinstance(base, str) and base:
+                # only the engine sees it: the info object (readable by read-only keys)
+                # and the result (the engine drops it from the final environ) never do
+                environ["callback_url"] = self.get_job_status_callback_url(base, job.id)
             ar = bv.apply_async(
                 functools.partial(run_job, spec),
                 functools.partial(run_typed),

@@ -305,7 +305,7 @@ class Relay:
         updates: dict[str, None] = {}
         moves: list[tuple[str, str, str]] = []  # (verb, parent, child)
         for message in messages:
-            node_id = keys.node_id_of_channel(message["channel"].decode())
+            node_id = keys.node_id_of_channel(message["channel"].decode(errors="replace"))
             if node_id not in self._followers:
                 continue  # another user's node, or one nobody watches now
             for verb, ids in parse_message(message["data"]):

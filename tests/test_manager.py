@@ -42,6 +42,11 @@ params = { n = 7, label = "from the file" }
 [echo-this]
 job_type = "echo"
 params = { said = "hello" }
+
+[tell]
+job_type = "python"
+description = "writes the callback URL it sees to the file `out`"
+params = { cmd = "open(environ['out'], 'w').write(environ['callback_url'])" }
 """
     )
     monkeypatch.setenv("MOI_TEMPLATES", str(path))
@@ -279,13 +284,19 @@ def test_callbacks_update_the_job_and_a_wrong_secret_changes_nothing(
     assert runtime.redis_client().get(job.id) == final
 
 
-def test_a_job_sees_its_own_callback_url(jm: JobManager, user: str) -> None:
+def test_a_job_sees_its_own_callback_url_and_nobody_reads_it(
+    jm: JobManager, user: str, toml: Path
+) -> None:
     jm = JobManager(public_url="http://moi.test:8886")
-    job = jm.create_job("sees", user, "echo-this")
-    url = job.environ["callback_url"]
-    assert url.startswith(f"http://moi.test:8886/api/v1/callback/{job.id}?secret=")
+    out = toml.with_name("seen-url")
+    job = jm.create_job("sees", user, "tell", out=str(out))
+    assert "callback_url" not in job.environ  # a read-only key reads the info object
     job.execute()
     info = wait_for_status(job.id, is_terminal)
-    assert info["result"]["callback_url"] == url
+    assert info["status"] == "Success", info
+    url = out.read_text()  # what the job saw, written where only the test looks
+    assert url.startswith(f"http://moi.test:8886/api/v1/callback/{job.id}?secret=")
     assert jm.check_secret(job.id, _secret(url))
+    stored = runtime.redis_client().get(job.id)
+    assert stored is not None and _secret(url).encode() not in stored  # nor in the result
     assert Status.PENDING.value == "Pending" and not is_terminal("Pending")

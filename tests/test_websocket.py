@@ -285,6 +285,24 @@ class TestOwnership(WebSocketCase):
         assert snapshot([their_group, *their_ids]) == before
 
     @gen_test(timeout=30)
+    async def test_an_add_naming_another_users_node_is_not_taken_in(self) -> None:
+        me, them = f"ws-{uuid.uuid4().hex[:8]}", f"ws-{uuid.uuid4().hex[:8]}"
+        my_group, my_ids = make_tree(me, 1)
+        _, their_ids = make_tree(them, 1)
+        ws = await self.ws_connect(me)
+        await self.get_tree(ws, 2)
+        # what a job's code could publish on its own user's group channel
+        runtime.redis_client().publish(keys.pubsub(my_group), json.dumps({"add": their_ids}))
+        runtime.store().update(my_ids[0], {"status": "Running"})  # a marker after it
+        while True:
+            frame = await self.read(ws)
+            assert "add" not in frame, frame
+            if frame.get("update", {}).get("id") == my_ids[0]:
+                break
+        await ws.write_message(json.dumps({"get": their_ids}))
+        assert "not in your tree" in (await self.read(ws))["error"]["message"]
+
+    @gen_test(timeout=30)
     async def test_root_cannot_be_removed(self) -> None:
         user = f"ws-{uuid.uuid4().hex[:8]}"
         group_id, _ = make_tree(user, 1)
