@@ -261,8 +261,9 @@ class ApiHandler(tornado.web.RequestHandler):
             return self.principal.user
         if not self.principal.admin:
             raise ApiError(403, "only an admin key may name another user")
-        if await astore().r.hget(keys.USER_ID_MAP, other) is None:  # never made by a look
-            raise ApiError(404, f"no user {other!r}")
+        # user-id-map also maps group ids back to names: a uuid names no user
+        if keys.is_uuid(other) or await astore().r.hget(keys.USER_ID_MAP, other) is None:
+            raise ApiError(404, f"no user {other!r}")  # (and none is made by a look)
         return other
 
     async def node(self, node_id: str, kind: str = "job") -> dict[str, Any]:

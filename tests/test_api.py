@@ -439,6 +439,8 @@ def test_admin_lists_and_reads_any_users_jobs(call: Api) -> None:
     nobody = f"nobody-{uuid.uuid4().hex[:8]}"
     assert call("admin", "GET", "/jobs", user=nobody)[0] == 404
     assert runtime.redis_client().hget(keys.USER_ID_MAP, nobody) is None  # no user was made
+    bobs_group = get_id_from_user(call.people.names["bob"])  # user-id-map maps it back too
+    assert call("admin", "GET", "/jobs", user=bobs_group)[0] == 404  # not a 500
 
 
 # -- changing -------------------------------------------------------------------------------
