@@ -28,6 +28,8 @@ MAX_LIMIT = 1000
 MAX_SCAN = 20_000
 #: Most groups under a user whose jobs are listed.
 MAX_GROUPS = 10_000
+#: Index entries written per round trip when indexing an older tree.
+REINDEX_BATCH = 5_000
 
 
 async def _groups_under(store: AsyncStore, root: str) -> list[str]:
@@ -161,17 +163,19 @@ async def reindex(store: AsyncStore, root: str) -> int:
     Trees written by moi 1.0 (before the indexes) would otherwise be missing
     from ``GET /api/v1/jobs``.  Entries already there are kept (``ZADD NX``).
     """
-    infos = await store.tree(root)
-    async with store.r.pipeline(transaction=False) as pipe:
-        for info in infos:
-            parent = info.get("parent")
-            if not isinstance(parent, str) or info.get("id") == root:
-                continue
-            index = keys.jobs_index if info.get("type") == "job" else keys.groups_index
-            pipe.zadd(index(parent), {info["id"]: _created(info)}, nx=True)
-            pipe.expire(index(parent), store.key_timeout)
-        answers = await pipe.execute()
-    return sum(answers[0::2])
+    infos = [i for i in await store.tree(root) if isinstance(i.get("parent"), str)]
+    added = 0
+    for start in range(0, len(infos), REINDEX_BATCH):  # the server's loop breathes between
+        async with store.r.pipeline(transaction=False) as pipe:
+            for info in infos[start : start + REINDEX_BATCH]:
+                if info.get("id") == root:
+                    continue
+                index = keys.jobs_index if info.get("type") == "job" else keys.groups_index
+                pipe.zadd(index(info["parent"]), {info["id"]: _created(info)}, nx=True)
+                pipe.expire(index(info["parent"]), store.key_timeout)
+            answers = await pipe.execute()
+        added += sum(answers[0::2])
+    return added
 
 
 async def _reindex_where_missing(store: AsyncStore, root: str) -> int:
@@ -180,7 +184,7 @@ async def _reindex_where_missing(store: AsyncStore, root: str) -> int:
     Walks the groups only (three counts per group): a tree written by moi
     1.1 costs a few round trips, not a read of every job.
     """
-    added, level = 0, [root]
+    added, level, seen = 0, [root], {root}
     while level:
         async with store.r.pipeline(transaction=False) as pipe:
             for group in level:
@@ -194,8 +198,9 @@ async def _reindex_where_missing(store: AsyncStore, root: str) -> int:
             if children != jobs + len(groups):
                 added += await reindex(store, group)
             else:
-                below += [text(g) for g in groups]
-        level = below
+                below += [g for g in map(text, groups) if g not in seen]
+        level = below[: max(0, MAX_GROUPS - len(seen))]  # (a cycle written by another
+        seen.update(level)  # program ends here, and a walk stops at MAX_GROUPS)
     return added
 
 

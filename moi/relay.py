@@ -125,28 +125,28 @@ class Relay:
     async def follow(self, follower: Follower, ids: list[str]) -> None:
         """Deliver changes of ``ids`` to ``follower`` from now on."""
         self.start()
-        new = [i for i in ids if not self._followers.get(i)]
+        patterned = [i for i in ids if keys.in_channel_pattern(i)]
+        plain = [i for i in ids if not keys.in_channel_pattern(i)]
+        new = [i for i in plain if not self._followers.get(i)]
         for node_id in ids:
             self._followers[node_id].add(follower)
-        if any(map(keys.in_channel_pattern, ids)) and not self._pattern_ready.is_set():
-            try:
-                await asyncio.wait_for(self._pattern_ready.wait(), CONFIRM_TIMEOUT)
-            except asyncio.TimeoutError:
-                pass  # as below: go on; a reconnect resyncs the views
-        ids = [i for i in ids if not keys.in_channel_pattern(i)]
-        new = [i for i in new if not keys.in_channel_pattern(i)]
-        if not ids:
-            return
         # changes are only delivered once Redis confirms (also when the subscription is
         # made by connecting); callers read state after this, so wait for the
-        # confirmations of these channels, ours or another follower's
+        # confirmations of these channels, ours or another follower's.  The futures are
+        # made before any await: a second follower of the same channel finds them.
         loop = asyncio.get_running_loop()
         ours = {keys.pubsub(i): loop.create_future() for i in new}
         self._confirming.update(ours)
-        pending = [self._confirming[c] for c in map(keys.pubsub, ids) if c in self._confirming]
+        pending = [self._confirming[c] for c in map(keys.pubsub, plain) if c in self._confirming]
         await self._send("subscribe", new)
+        waiter = None
+        if patterned and not self._pattern_ready.is_set():
+            waiter = asyncio.ensure_future(self._pattern_ready.wait())
+            pending.append(waiter)
         if pending:
-            await asyncio.wait(pending, timeout=CONFIRM_TIMEOUT)
+            await asyncio.wait(pending, timeout=CONFIRM_TIMEOUT)  # else a reconnect resyncs
+        if waiter is not None:
+            waiter.cancel()  # (done already, unless Redis is away)
         for channel, future in ours.items():
             if self._confirming.get(channel) is future:
                 del self._confirming[channel]

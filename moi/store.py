@@ -284,10 +284,15 @@ class Store:
             ("SET", keys.info(i), json.dumps(info), "EX", ttl, "NX")
             for i, info in zip(ids, infos, strict=True)
         ]
+        when = time.time()  # the creation index, in input order (the last is the newest)
+        scored = [part for n, i in enumerate(ids) for part in (repr(when + n * 1e-6), i)]
+        index = keys.jobs_index(parent)
         commands += [
             ("SADD", keys.children(parent), *ids),
             ("EXPIRE", keys.children(parent), ttl),
             ("EXPIRE", keys.info(parent), ttl),
+            ("ZADD", index, *scored),
+            ("EXPIRE", index, ttl),
         ]
         commands += [  # a watcher reads the announced infos in bounded batches
             ("PUBLISH", keys.pubsub(parent), json.dumps({"add": ids[start : start + ADD_BATCH]}))

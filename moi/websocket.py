@@ -193,7 +193,7 @@ class MOIMessageHandler(WebSocketHandler):
         if self.batching:  # compact (no spaces): a large tree is a tenth smaller
             message = _compact(frame)
             self._batch.append(message)
-            self._batch_bytes += len(message)
+            self._batch_bytes += _size(message)
             if len(self._batch) >= BATCH_FRAMES or self._batch_bytes >= BATCH_BYTES:
                 self.flush_batch()
             elif self._batch_timer is None:
@@ -225,8 +225,9 @@ class MOIMessageHandler(WebSocketHandler):
             written = self.write_message(message)
         except WebSocketClosedError:
             return
-        self._buffered += len(message)
-        written.add_done_callback(partial(self._written, len(message)))
+        size = _size(message)
+        self._buffered += size
+        written.add_done_callback(partial(self._written, size))
         if self._buffered > self.max_buffered:
             self._drop(f"too slow: more than {self.max_buffered // 1024} KiB waiting to be sent")
 
@@ -260,6 +261,11 @@ class MOIMessageHandler(WebSocketHandler):
         if self.view is not None:
             view, self.view = self.view, None
             background(view.close(), f"closing the view of {view.group_id}")
+
+
+def _size(message: str) -> int:
+    """Bytes ``message`` takes on the wire (UTF-8; orjson leaves non-ASCII unescaped)."""
+    return len(message) if message.isascii() else len(message.encode())
 
 
 def _compact(frame: dict[str, Any]) -> str:

@@ -330,7 +330,10 @@ class MoiServer:
             )
         # the login URL is printed once the port is bound: by this server, not another
         found = wait_for_line(
-            self.proc, lambda: self.output()[offset:], r"http://127\.0\.0\.1:(\d+)/", timeout
+            self.proc,
+            lambda: self.log.read_bytes()[offset:].decode(errors="replace"),
+            r"http://127\.0\.0\.1:(\d+)/",
+            timeout,
         )
         self.port = int(found.group(1))
 

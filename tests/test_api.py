@@ -236,6 +236,8 @@ def test_a_sweep_submits_one_tracked_job_per_input(call: Api) -> None:
     finals = [call("alice", "GET", f"/jobs/{j['id']}", wait=60)[1] for j in jobs]
     assert [f["result"] for f in finals] == ["A", "B", "C"]
     assert call("bob", "GET", f"/jobs/{jobs[0]['id']}")[0] == 404
+    listed = call("alice", "GET", "/jobs", name="sweep")[1]["jobs"]  # indexed as they were made
+    assert [j["id"] for j in listed] == [j["id"] for j in jobs[::-1]]
     status, answer = call("alice", "POST", "/jobs", {**body, "inputs": ["d"]}, wait=5)
     assert status == 400 and "wait does not go with inputs" in error_of(answer)
 
