@@ -13,6 +13,7 @@ from test_api import People, running_server
 
 from moi import auth, runtime
 from moi.client import AuthError, Client, JobFinishedError
+from moi.context import resolve
 from moi.errors import MoiError, UnknownIdError
 from moi.group import get_id_from_user
 
@@ -173,6 +174,8 @@ def test_cli_server_mode_needs_a_key_from_the_environment_or_a_file(
 
 
 def test_moi_nodes_lists_the_local_engines(moi_env: dict[str, str]) -> None:
+    # an earlier test's cancel may have had an engine restarted: both are back first
+    resolve(None).client.wait_for_engines(2, timeout=120)
     done = moi_cli("nodes", env=_env(None, None))
     assert done.returncode == 0, done.stderr
     assert "context default" in done.stdout and "reachable" in done.stdout
