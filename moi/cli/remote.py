@@ -221,15 +221,22 @@ def templates(ctx: click.Context) -> None:
 
 @remote("nodes")
 @main.command()
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds each local context may take to answer (connecting included).",
+)
 @click.pass_context
-def nodes(ctx: click.Context) -> None:
+def nodes(ctx: click.Context, timeout: float) -> None:
     """List each context's controller and engines: host, pid, running job, queue, jobs done."""
     if ctx.find_root().params.get("server"):
         found = client_of(ctx).nodes()
     else:
         from moi import nodes as local
 
-        found = local.listing()
+        found = local.listing(timeout)
     for context in found:
         state = "reachable" if context["reachable"] else context.get("error", "unreachable")
         fields = (f"context {context['context']}", f"controller {context['controller']}", state)
