@@ -137,7 +137,9 @@ class Relay:
         loop = asyncio.get_running_loop()
         ours = {keys.pubsub(i): loop.create_future() for i in new}
         self._confirming.update(ours)
-        pending = [self._confirming[c] for c in map(keys.pubsub, plain) if c in self._confirming]
+        pending: list[asyncio.Future[Any]] = [
+            self._confirming[c] for c in map(keys.pubsub, plain) if c in self._confirming
+        ]
         await self._send("subscribe", new)
         waiter = None
         if patterned and not self._pattern_ready.is_set():
