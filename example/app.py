@@ -33,6 +33,8 @@ from typing import Any
 
 import tornado.escape
 import tornado.web
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
 from tornado.web import StaticFileHandler
 
 import moi
@@ -185,8 +187,9 @@ async def main() -> None:
     parser.add_argument("--port", type=int, default=8890, help="0 picks a free one")
     args = parser.parse_args()
     app = make_app(os.environ.get("EXAMPLE_COOKIE_SECRET") or secrets.token_hex(32))
-    server = app.listen(args.port, address="127.0.0.1")
-    port = next(iter(server._sockets.values())).getsockname()[1]
+    sockets = bind_sockets(args.port, address="127.0.0.1")
+    HTTPServer(app).add_sockets(sockets)
+    port = sockets[0].getsockname()[1]  # the one picked when asked for port 0
     print(f"moi example on http://127.0.0.1:{port}/", flush=True)
     await asyncio.Event().wait()
 
