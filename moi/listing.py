@@ -163,13 +163,12 @@ async def reindex(store: AsyncStore, root: str) -> int:
     Trees written by moi 1.0 (before the indexes) would otherwise be missing
     from ``GET /api/v1/jobs``.  Entries already there are kept (``ZADD NX``).
     """
-    infos = [i for i in await store.tree(root) if isinstance(i.get("parent"), str)]
+    tree = await store.tree(root)
+    infos = [i for i in tree if isinstance(i.get("parent"), str) and i.get("id") != root]
     added = 0
     for start in range(0, len(infos), REINDEX_BATCH):  # the server's loop breathes between
         async with store.r.pipeline(transaction=False) as pipe:
             for info in infos[start : start + REINDEX_BATCH]:
-                if info.get("id") == root:
-                    continue
                 index = keys.jobs_index if info.get("type") == "job" else keys.groups_index
                 pipe.zadd(index(info["parent"]), {info["id"]: _created(info)}, nx=True)
                 pipe.expire(index(info["parent"]), store.key_timeout)
@@ -199,8 +198,9 @@ async def _reindex_where_missing(store: AsyncStore, root: str) -> int:
                 added += await reindex(store, group)
             else:
                 below += [g for g in map(text, groups) if g not in seen]
-        level = below[: max(0, MAX_GROUPS - len(seen))]  # (a cycle written by another
-        seen.update(level)  # program ends here, and a walk stops at MAX_GROUPS)
+        # a cycle written by another program ends here; a walk stops at MAX_GROUPS
+        level = below[: max(0, MAX_GROUPS - len(seen))]
+        seen.update(level)
     return added
 
 

@@ -534,7 +534,7 @@ class JobManager:
             if isinstance(base, str) and base:
                 # only the engine sees it: the info object (readable by read-only keys)
                 # and the result (the engine drops it from the final environ) never do
-                environ["callback_url"] = self.get_job_status_callback_url(base, job.id)
+                environ["callback_url"] = self._new_callback_url(base, job.id)
             ar = bv.apply_async(
                 functools.partial(run_job, spec),
                 functools.partial(run_typed),
@@ -552,17 +552,6 @@ class JobManager:
         job.refresh()
 
     # -- status callbacks ---------------------------------------------------------------
-    @staticmethod
-    def _callback_url(base_url: str, job_id: str, secret: str) -> str:
-        return f"{base_url.rstrip('/')}/api/v1/callback/{quote(job_id, safe='')}?secret={secret}"
-
-    def _add_secret(self, job_id: str, secret: str) -> None:
-        key = keys.callback_secrets(job_id)
-        with self.store.r.pipeline(transaction=True) as pipe:
-            pipe.sadd(key, _digest(secret))
-            pipe.expire(key, self.store.key_timeout)
-            pipe.execute()
-
     def get_job_status_callback_url(self, base_url: str, job_id: str) -> str:
         """A URL an outside process calls to report job ``job_id``'s status.
 
@@ -577,9 +566,17 @@ class JobManager:
         info = self.store.get(keys.check_node_id(job_id, "job id"))
         if info is None or info.get("type") != "job":
             raise UnknownIdError(f"unknown job id: {job_id}")
+        return self._new_callback_url(base_url, job_id)
+
+    def _new_callback_url(self, base_url: str, job_id: str) -> str:
+        """A callback URL with a new secret for a job known to exist (its hash stored)."""
         secret = secrets.token_urlsafe(32)
-        self._add_secret(job_id, secret)
-        return self._callback_url(base_url, job_id, secret)
+        key = keys.callback_secrets(job_id)
+        with self.store.r.pipeline(transaction=True) as pipe:
+            pipe.sadd(key, _digest(secret))
+            pipe.expire(key, self.store.key_timeout)
+            pipe.execute()
+        return f"{base_url.rstrip('/')}/api/v1/callback/{quote(job_id, safe='')}?secret={secret}"
 
     def check_secret(self, job_id: str, secret: str) -> bool:
         """Whether ``secret`` is one of ``job_id``'s callback secrets (constant-time compare)."""

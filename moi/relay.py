@@ -125,8 +125,7 @@ class Relay:
     async def follow(self, follower: Follower, ids: list[str]) -> None:
         """Deliver changes of ``ids`` to ``follower`` from now on."""
         self.start()
-        patterned = [i for i in ids if keys.in_channel_pattern(i)]
-        plain = [i for i in ids if not keys.in_channel_pattern(i)]
+        plain = [i for i in ids if not keys.in_channel_pattern(i)]  # (one check per id)
         new = [i for i in plain if not self._followers.get(i)]
         for node_id in ids:
             self._followers[node_id].add(follower)
@@ -142,7 +141,7 @@ class Relay:
         ]
         await self._send("subscribe", new)
         waiter = None
-        if patterned and not self._pattern_ready.is_set():
+        if len(plain) < len(ids) and not self._pattern_ready.is_set():  # some patterned
             waiter = asyncio.ensure_future(self._pattern_ready.wait())
             pending.append(waiter)
         if pending:

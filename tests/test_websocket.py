@@ -230,9 +230,13 @@ class TestProtocol(WebSocketCase):
         create_info("plain", "group", parent=group_id, id=plain, store=True)
         await self.read_until(ws, "add", plain)
         deadline = asyncio.get_running_loop().time() + TIMEOUT
-        while r.pubsub_numsub(keys.pubsub(plain))[0][1] != 1:
-            assert asyncio.get_running_loop().time() < deadline, "never subscribed"
-            await asyncio.sleep(0.01)
+
+        async def subscribers_become(count: int) -> None:
+            while r.pubsub_numsub(keys.pubsub(plain))[0][1] != count:
+                assert asyncio.get_running_loop().time() < deadline, f"never {count}"
+                await asyncio.sleep(0.01)
+
+        await subscribers_become(1)
         inner = create_info("inner", "job", parent=plain, store=True)["id"]
         await self.read_until(ws, "add", inner)
         runtime.store().update(inner, {"status": "Running"})
@@ -241,9 +245,7 @@ class TestProtocol(WebSocketCase):
         assert (await self.read_until(ws, "update", plain))["name"] == "renamed"
         await ws.write_message(json.dumps({"remove": [plain]}))
         await self.read_until(ws, "remove", plain)
-        while r.pubsub_numsub(keys.pubsub(plain))[0][1] != 0:
-            assert asyncio.get_running_loop().time() < deadline, "never unsubscribed"
-            await asyncio.sleep(0.01)
+        await subscribers_become(0)
 
     @gen_test(timeout=60)
     async def test_redis_connections_do_not_grow_with_browsers(self) -> None:
